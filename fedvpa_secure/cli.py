@@ -1,0 +1,81 @@
+"""The one ``fedvpa-secure`` command.
+
+Each subcommand lives in its own module under :mod:`fedvpa_secure.commands` and exposes
+``register(subparsers)``; it is imported lazily so that ``fedvpa-secure privacy epsilon`` does not
+pay for importing torch and transformers. Errors the user can fix (:class:`FedVPAError`) are
+printed as one clear message with exit status 2, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from fedvpa_secure.errors import FedVPAError
+
+# subcommand name -> module that registers it (imported only when that subcommand runs)
+SUBCOMMANDS: dict[str, str] = {
+    "experiment": "fedvpa_secure.commands.experiment",
+    "privacy": "fedvpa_secure.commands.privacy_cmd",
+    "audit": "fedvpa_secure.commands.audit_cmd",
+}
+
+HELP: dict[str, str] = {
+    "experiment": "run an in-process federated experiment and write a report",
+    "privacy": "privacy accounting helpers (e.g. `privacy epsilon`)",
+    "audit": "verify a privacy ledger or a run directory",
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """Build the parser; with ``only`` set, import just that subcommand's module."""
+    parser = argparse.ArgumentParser(
+        prog="fedvpa-secure",
+        description="Private, personalised reward models over a secure federation.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module_name in SUBCOMMANDS.items():
+        if only is not None and name != only:
+            sub.add_parser(name, help=HELP.get(name, ""))
+            continue
+        importlib.import_module(module_name).register(sub)
+    return parser
+
+
+def _requested_subcommand(argv: Sequence[str]) -> str | None:
+    for token in argv:
+        if token in SUBCOMMANDS:
+            return token
+        if not token.startswith("-"):
+            return None
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the process exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(only=_requested_subcommand(argv))
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except FedVPAError as err:
+        print(f"fedvpa-secure {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

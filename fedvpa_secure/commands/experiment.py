@@ -1,0 +1,163 @@
+"""``fedvpa-secure experiment``: the in-process federated experiment (HH-RLHF or synthetic)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from fedvpa_secure.config import (
+    METHODS,
+    PROTOCOLS,
+    DataConfig,
+    ExperimentConfig,
+    ModelConfig,
+    ObjectiveConfig,
+    TrainConfig,
+)
+from fedvpa_secure.errors import ConfigError
+
+DEFAULTS = ExperimentConfig()
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "experiment",
+        help="run an in-process federated experiment and write OUT/report.json",
+        description="Train one method on one data protocol with an in-process federation, "
+        "evaluate on unseen users, and write OUT/report.json with PNG plots.",
+    )
+    g = p.add_argument_group("data")
+    g.add_argument(
+        "--data",
+        help="HH-RLHF folder, 'synthetic', or 'hub' (default: $HH_RLHF_DIR, "
+        "else the datasets hub, else synthetic)",
+    )
+    g.add_argument("--eval-data", help="folder of the same layout whose users are evaluated")
+    g.add_argument(
+        "--protocol",
+        choices=("auto", *PROTOCOLS),
+        default="auto",
+        help="auto: p3 on HH-RLHF data, synthetic otherwise",
+    )
+    g.add_argument("--clients", type=int, default=DEFAULTS.data.n_clients)
+    g.add_argument("--eval-clients", type=int, default=DEFAULTS.data.n_eval_clients)
+    g.add_argument("--pairs-per-client", type=int, default=DEFAULTS.data.pairs_per_client)
+    g.add_argument("--eval-pairs-per-client", type=int, default=DEFAULTS.data.eval_pairs_per_client)
+    g.add_argument("--type-mix", default=None, help="fractions per user type, e.g. 0.3,0.7")
+    g.add_argument(
+        "--max-pairs-per-subset",
+        type=int,
+        default=None,
+        help="read at most N pairs per subset (fast trials)",
+    )
+    g = p.add_argument_group("method and model")
+    g.add_argument("--method", choices=tuple(METHODS), default=DEFAULTS.method)
+    g.add_argument(
+        "--backbone",
+        default=DEFAULTS.model.backbone,
+        help="all-MiniLM-L6-v2, tiny-causal, or a local Hugging Face folder",
+    )
+    g.add_argument("--mode", choices=("frozen", "lora"), default=DEFAULTS.model.mode)
+    g.add_argument("--max-length", type=int, default=DEFAULTS.model.max_length)
+    g.add_argument("--latent-dim", type=int, default=DEFAULTS.model.latent_dim)
+    g.add_argument("--components", type=int, default=DEFAULTS.model.n_components)
+    g.add_argument("--beta", type=float, default=DEFAULTS.objective.beta)
+    g = p.add_argument_group("federation")
+    g.add_argument("--rounds", type=int, default=DEFAULTS.train.rounds)
+    g.add_argument(
+        "--clients-per-round",
+        type=int,
+        default=DEFAULTS.train.clients_per_round,
+        help="0 = all training clients",
+    )
+    g.add_argument("--local-steps", type=int, default=DEFAULTS.train.local_steps)
+    g.add_argument("--context-size", type=int, default=DEFAULTS.train.context_size)
+    g.add_argument("--query-size", type=int, default=DEFAULTS.train.query_size)
+    g.add_argument("--episodes-per-step", type=int, default=DEFAULTS.train.episodes_per_step)
+    g.add_argument("--seed", type=int, default=0)
+    g = p.add_argument_group("run")
+    g.add_argument("--out", required=True, help="output folder for report.json and plots")
+    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    g.add_argument("--cache-dir", default=DEFAULTS.cache_dir, help="frozen-mode embedding cache")
+    p.set_defaults(func=run)
+
+
+def _type_mix(text: str | None) -> tuple[float, ...]:
+    if text is None:
+        return DEFAULTS.data.type_mix
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError as err:
+        raise ConfigError(
+            f"--type-mix={text!r} is invalid: expected fractions like 0.3,0.7"
+        ) from err
+
+
+def data_kwargs(args: argparse.Namespace) -> dict:
+    return {
+        "eval_data_dir": args.eval_data,
+        "n_clients": args.clients,
+        "n_eval_clients": args.eval_clients,
+        "pairs_per_client": args.pairs_per_client,
+        "eval_pairs_per_client": args.eval_pairs_per_client,
+        "type_mix": _type_mix(args.type_mix),
+        "max_pairs_per_subset": args.max_pairs_per_subset,
+    }
+
+
+def config_from_args(args: argparse.Namespace, data_cfg: DataConfig) -> ExperimentConfig:
+    return ExperimentConfig(
+        method=args.method,
+        device=args.device,
+        cache_dir=args.cache_dir,
+        model=ModelConfig(
+            backbone=args.backbone,
+            mode=args.mode,
+            max_length=args.max_length,
+            latent_dim=args.latent_dim,
+            n_components=args.components,
+        ),
+        objective=ObjectiveConfig(beta=args.beta),
+        train=TrainConfig(
+            rounds=args.rounds,
+            clients_per_round=args.clients_per_round,
+            local_steps=args.local_steps,
+            context_size=args.context_size,
+            query_size=args.query_size,
+            episodes_per_step=args.episodes_per_step,
+            seed=args.seed,
+        ),
+        data=data_cfg,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from fedvpa_secure.train.data_setup import load_federated_data
+    from fedvpa_secure.train.experiment import run_experiment
+
+    data, data_cfg = load_federated_data(args.data, args.protocol, data_kwargs(args), args.seed)
+    cfg = config_from_args(args, data_cfg)
+    protocol = data_cfg.protocol
+    print(f"data: {data.description}", file=sys.stderr)
+    print(
+        f"method {cfg.method}, protocol {protocol}, {len(data.train_clients)} training clients, "
+        f"{len(data.eval_clients)} unseen evaluation clients, {cfg.train.rounds} rounds",
+        file=sys.stderr,
+    )
+
+    def on_round(r) -> None:
+        print(
+            f"round {r.round:3d}/{cfg.train.rounds}  loss {r.loss:.4f}  "
+            f"eval acc {r.eval_accuracy:.3f}  conflicting {r.eval_conflicting:.3f}  "
+            f"({r.seconds:.1f}s)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    report = run_experiment(cfg, data, args.out, on_round=on_round)
+    acc = report["accuracy"]
+    print(
+        f"accuracy overall {acc['overall']:.3f}, conflicting {acc['conflicting']:.3f}; "
+        f"report: {args.out}/report.json"
+    )
+    return 0

@@ -1,0 +1,263 @@
+"""Frozen, validated configuration for the learner and the experiment.
+
+Every dataclass checks itself in ``__post_init__`` and raises :class:`ConfigError` naming the
+field, the value and the allowed range, so a bad flag fails before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from fedvpa_secure.errors import ConfigError
+
+PROTOCOLS = ("p1", "p2", "p3", "synthetic")
+MODES = ("frozen", "lora")
+DEVICES = ("auto", "cpu", "cuda")
+DEFAULT_BACKBONE = "all-MiniLM-L6-v2"
+
+
+def _check(cond: bool, field_name: str, value: object, allowed: str) -> None:
+    if not cond:
+        raise ConfigError(f"{field_name}={value!r} is invalid: expected {allowed}")
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """Which parts of the model one method uses (METHOD.md section 5: one switch each)."""
+
+    name: str
+    latent: bool  # infer a user latent z from a context of that user's pairs
+    mixture_prior: bool  # federated Gumbel-Softmax mixture prior instead of N(0, I)
+    ortho_pull: bool  # prototype orthogonality loss + pull of z towards its component
+    federated: bool  # FedAvg over clients (False: pooled, centralised training)
+    oracle: bool = False  # told each user's true type (the ceiling of personalisation)
+
+
+METHODS: dict[str, MethodSpec] = {
+    spec.name: spec
+    for spec in (
+        MethodSpec(
+            "monolithic", latent=False, mixture_prior=False, ortho_pull=False, federated=True
+        ),
+        MethodSpec("fedvpl", latent=True, mixture_prior=False, ortho_pull=False, federated=True),
+        MethodSpec(
+            "fedvpl-ortho", latent=True, mixture_prior=False, ortho_pull=True, federated=True
+        ),
+        MethodSpec("fedvpl-gb", latent=True, mixture_prior=True, ortho_pull=False, federated=True),
+        MethodSpec("fedvpa-gp", latent=True, mixture_prior=True, ortho_pull=True, federated=True),
+        MethodSpec(
+            "central-vpl", latent=True, mixture_prior=False, ortho_pull=False, federated=False
+        ),
+        MethodSpec(
+            "oracle",
+            latent=False,
+            mixture_prior=False,
+            ortho_pull=False,
+            federated=True,
+            oracle=True,
+        ),
+    )
+}
+
+
+def method_spec(name: str) -> MethodSpec:
+    """Look up a method by name, with an error that lists the choices."""
+    if name not in METHODS:
+        raise ConfigError(f"method={name!r} is unknown: choose one of {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Backbone, latent and head sizes (METHOD.md sections 2-4)."""
+
+    backbone: str = DEFAULT_BACKBONE
+    mode: str = "frozen"
+    max_length: int = 256
+    latent_dim: int = 32
+    n_components: int = 2
+    hidden_dim: int = 128
+    attention_heads: int = 4
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    logvar_min: float = -8.0
+    logvar_max: float = 4.0
+
+    def __post_init__(self) -> None:
+        _check(self.mode in MODES, "mode", self.mode, f"one of {MODES}")
+        _check(bool(self.backbone), "backbone", self.backbone, "a name or a local path")
+        _check(16 <= self.max_length <= 4096, "max_length", self.max_length, "16..4096")
+        _check(1 <= self.latent_dim <= 1024, "latent_dim", self.latent_dim, "1..1024")
+        _check(
+            2 <= self.n_components <= self.latent_dim,
+            "n_components",
+            self.n_components,
+            f"2..latent_dim ({self.latent_dim}): prototypes must fit orthogonally",
+        )
+        _check(self.hidden_dim >= 4, "hidden_dim", self.hidden_dim, ">= 4")
+        _check(
+            self.attention_heads >= 1 and self.hidden_dim % self.attention_heads == 0,
+            "attention_heads",
+            self.attention_heads,
+            f"a divisor of hidden_dim ({self.hidden_dim})",
+        )
+        _check(self.lora_r >= 1, "lora_r", self.lora_r, ">= 1")
+        _check(0.0 <= self.lora_dropout < 1.0, "lora_dropout", self.lora_dropout, "[0, 1)")
+        _check(self.logvar_min < self.logvar_max, "logvar_min", self.logvar_min, "< logvar_max")
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    """Loss weights and prior settings (METHOD.md sections 3-4, paper defaults)."""
+
+    beta: float = 0.05  # KL weight
+    pull_weight: float = 1.0  # lambda: ||z - P_c*||^2
+    ortho_weight: float = 0.1  # gamma: ||P P^T - s^2 I||_F^2
+    prior_scale: float = 5.0  # s: prototype norm
+    tau_start: float = 1.0
+    tau_end: float = 0.1
+    kl_samples: int = 4  # Monte Carlo samples for KL against the mixture
+    variance_floor: float = 1e-2  # s_k^2 floor when rebuilt from sums
+    mu_clip: float = 20.0  # ||mu_e|| clip before it enters the prior statistics
+
+    def __post_init__(self) -> None:
+        for name in ("beta", "pull_weight", "ortho_weight"):
+            value = getattr(self, name)
+            _check(value >= 0 and math.isfinite(value), name, value, "a finite number >= 0")
+        _check(self.prior_scale > 0, "prior_scale", self.prior_scale, "> 0")
+        _check(
+            0 < self.tau_end <= self.tau_start, "tau_end", self.tau_end, "0 < tau_end <= tau_start"
+        )
+        _check(self.kl_samples >= 1, "kl_samples", self.kl_samples, ">= 1")
+        _check(self.variance_floor > 0, "variance_floor", self.variance_floor, "> 0")
+        _check(self.mu_clip > 0, "mu_clip", self.mu_clip, "> 0")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Federation and local optimisation settings."""
+
+    rounds: int = 20
+    clients_per_round: int = 0  # 0: every training client each round
+    local_steps: int = 30
+    episodes_per_step: int = 8
+    context_size: int = 16  # K_ctx labelled pairs of one user, disjoint from the query pairs
+    query_size: int = 8
+    learning_rate: float = 3e-3
+    lora_learning_rate: float = 5e-4
+    weight_decay: float = 0.0
+    local_optimizer: str = "adam"
+    server_optimizer: str = (
+        "avg"  # avg: FedAvg; adam: FedAdam (Reddi et al. 2021) on the mean delta
+    )
+    server_learning_rate: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.rounds >= 1, "rounds", self.rounds, ">= 1")
+        _check(self.clients_per_round >= 0, "clients_per_round", self.clients_per_round, ">= 0")
+        _check(self.local_steps >= 1, "local_steps", self.local_steps, ">= 1")
+        _check(self.episodes_per_step >= 1, "episodes_per_step", self.episodes_per_step, ">= 1")
+        _check(1 <= self.context_size <= 512, "context_size", self.context_size, "1..512")
+        _check(1 <= self.query_size <= 512, "query_size", self.query_size, "1..512")
+        _check(self.learning_rate > 0, "learning_rate", self.learning_rate, "> 0")
+        _check(self.lora_learning_rate > 0, "lora_learning_rate", self.lora_learning_rate, "> 0")
+        _check(
+            self.local_optimizer in ("adam", "sgd"),
+            "local_optimizer",
+            self.local_optimizer,
+            "adam or sgd",
+        )
+        _check(
+            self.server_optimizer in ("avg", "adam"),
+            "server_optimizer",
+            self.server_optimizer,
+            "avg or adam",
+        )
+        _check(
+            self.server_learning_rate > 0, "server_learning_rate", self.server_learning_rate, "> 0"
+        )
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data, which protocol, how it is split into users."""
+
+    protocol: str = "synthetic"
+    data_dir: str | None = None
+    eval_data_dir: str | None = None
+    n_clients: int = 10
+    n_eval_clients: int = 10
+    pairs_per_client: int = 64
+    eval_pairs_per_client: int = 64
+    type_mix: tuple[float, ...] = (0.5, 0.5)  # fraction of users of each type, in sorted type order
+    max_pairs_per_subset: int | None = None
+
+    def __post_init__(self) -> None:
+        _check(self.protocol in PROTOCOLS, "protocol", self.protocol, f"one of {PROTOCOLS}")
+        _check(self.n_clients >= 1, "n_clients", self.n_clients, ">= 1")
+        _check(self.n_eval_clients >= 1, "n_eval_clients", self.n_eval_clients, ">= 1")
+        _check(self.pairs_per_client >= 2, "pairs_per_client", self.pairs_per_client, ">= 2")
+        _check(
+            self.eval_pairs_per_client >= 2,
+            "eval_pairs_per_client",
+            self.eval_pairs_per_client,
+            ">= 2",
+        )
+        _check(
+            len(self.type_mix) >= 2
+            and all(f >= 0 for f in self.type_mix)
+            and abs(sum(self.type_mix) - 1) < 1e-6,
+            "type_mix",
+            self.type_mix,
+            "non-negative fractions, one per user type, summing to 1",
+        )
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """Everything one run needs; serialised into the report."""
+
+    method: str = "fedvpa-gp"
+    device: str = "auto"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    cache_dir: str = ".cache/embeddings"
+
+    def __post_init__(self) -> None:
+        method_spec(self.method)
+        _check(self.device in DEVICES, "device", self.device, f"one of {DEVICES}")
+
+    @property
+    def spec(self) -> MethodSpec:
+        return method_spec(self.method)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _asdict(self)
+
+
+def _asdict(obj: Any) -> Any:
+    if hasattr(obj, "__dataclass_fields__"):
+        return {f.name: _asdict(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, tuple):
+        return [_asdict(v) for v in obj]
+    return obj
+
+
+__all__ = [
+    "DEFAULT_BACKBONE",
+    "METHODS",
+    "DataConfig",
+    "ExperimentConfig",
+    "MethodSpec",
+    "ModelConfig",
+    "ObjectiveConfig",
+    "TrainConfig",
+    "method_spec",
+    "replace",
+]

@@ -1,0 +1,118 @@
+"""The local objective of METHOD.md section 4, per episode.
+
+L = BT NLL + beta * KL(q(z|C) || p_i) + lambda * ||z - P_c*||^2 + gamma * ||P P^T - s^2 I||_F^2
+
+The first three terms are per-episode (data-dependent, clipped per sample under DP). The
+orthogonality term depends only on the prototypes, not on data, so it is returned separately: a
+DP trainer applies its gradient as public post-processing instead of mixing it into per-sample
+gradients.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from fedvpa_secure.config import MethodSpec, ObjectiveConfig
+from fedvpa_secure.model.prior import (
+    component_log_densities,
+    kl_standard_normal,
+    log_diag_gaussian,
+    log_mixture_density,
+    orthogonality_penalty,
+)
+
+
+@dataclass
+class PriorContext:
+    """What the client trains against this step: global prototypes/variances, local weights."""
+
+    prototypes: torch.Tensor | None  # (K, d) model parameter (gradients flow)
+    variances: torch.Tensor | None  # (K,) global s_k^2
+    log_weights: torch.Tensor | None  # (K,) log of the Gumbel-Softmax draw w (mixture methods)
+
+
+def bt_nll(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean Bradley-Terry negative log-likelihood over each episode's real query pairs."""
+    nll = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+    m = mask.to(nll.dtype)
+    return (nll * m).sum(-1) / m.sum(-1).clamp(min=1.0)
+
+
+def kl_to_prior(
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    spec: MethodSpec,
+    prior: PriorContext,
+    n_samples: int,
+) -> torch.Tensor:
+    """KL(q(z|C) || prior) per episode.
+
+    Against N(0, I) it is closed-form. Against the mixture it has no closed form, so it is the
+    Monte Carlo estimate E_q[log q(z) - log sum_k w_k N(z; P_k, s_k^2 I)] with reparameterised
+    samples (unbiased, differentiable in mu, logvar, P and the local logits).
+    """
+    if not spec.mixture_prior:
+        return kl_standard_normal(mu, logvar).sum(-1)
+    std = (0.5 * logvar).exp()
+    eps = torch.randn((n_samples, *mu.shape), dtype=mu.dtype, device=mu.device)
+    z = mu.unsqueeze(0) + eps * std.unsqueeze(0)
+    log_q = log_diag_gaussian(z, mu.unsqueeze(0), logvar.unsqueeze(0))
+    log_p = log_mixture_density(z, prior.prototypes, prior.log_weights, prior.variances)
+    return (log_q - log_p).mean(0)
+
+
+def pull_to_component(
+    z: torch.Tensor, mu: torch.Tensor, prior: PriorContext, spec: MethodSpec
+) -> torch.Tensor:
+    """lambda-term: ||z - P_c*||^2, c* = the component most responsible for this episode.
+
+    c* is chosen locally from the episode's posterior mean (no server-side clustering, no
+    oracle labels). Under the N(0, I) prior (FedVPL+Ortho) all components are weighted equally.
+    """
+    protos = prior.prototypes
+    if spec.mixture_prior:
+        scores = prior.log_weights + component_log_densities(
+            mu.detach(), protos.detach(), prior.variances
+        )
+    else:
+        scores = -((mu.detach().unsqueeze(1) - protos.detach().unsqueeze(0)) ** 2).sum(-1)
+    c_star = scores.argmax(-1)
+    return ((z - protos[c_star]) ** 2).sum(-1)
+
+
+@dataclass
+class LossParts:
+    per_episode: torch.Tensor  # (B,) data-dependent terms, weighted
+    ortho: torch.Tensor  # scalar, data-independent, weighted
+    bt: torch.Tensor  # (B,) unweighted, for logging
+    kl: torch.Tensor | None
+    pull: torch.Tensor | None
+
+    def total(self) -> torch.Tensor:
+        return self.per_episode.mean() + self.ortho
+
+
+def episode_loss(
+    outputs: dict[str, torch.Tensor],
+    labels: torch.Tensor,
+    mask: torch.Tensor,
+    spec: MethodSpec,
+    cfg: ObjectiveConfig,
+    prior: PriorContext,
+) -> LossParts:
+    """All loss terms for a batch of episodes, by method switch."""
+    bt = bt_nll(outputs["logits"], labels, mask)
+    per_episode = bt
+    kl = pull = None
+    ortho = bt.new_zeros(())
+    if spec.latent:
+        kl = kl_to_prior(outputs["mu"], outputs["logvar"], spec, prior, cfg.kl_samples)
+        per_episode = per_episode + cfg.beta * kl
+        if spec.ortho_pull:
+            pull = pull_to_component(outputs["z"], outputs["mu"], prior, spec)
+            per_episode = per_episode + cfg.pull_weight * pull
+            ortho = cfg.ortho_weight * orthogonality_penalty(prior.prototypes, cfg.prior_scale)
+    return LossParts(per_episode=per_episode, ortho=ortho, bt=bt, kl=kl, pull=pull)
