@@ -142,14 +142,14 @@ class TrainConfig:
 
     rounds: int = 20
     clients_per_round: int = 0  # 0: every training client each round
-    local_steps: int = 30
+    local_steps: int = 5
     episodes_per_step: int = 8
     context_size: int = 16  # K_ctx labelled pairs of one user, disjoint from the query pairs
     query_size: int = 8
-    learning_rate: float = 3e-3
+    learning_rate: float = 0.1
     lora_learning_rate: float = 5e-4
     weight_decay: float = 0.0
-    local_optimizer: str = "adam"
+    local_optimizer: str = "sgd"
     server_optimizer: str = (
         "avg"  # avg: FedAvg; adam: FedAdam (Reddi et al. 2021) on the mean delta
     )

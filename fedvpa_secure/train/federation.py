@@ -23,12 +23,13 @@ from fedvpa_secure.model.prior import sufficient_statistics, tau_schedule
 from fedvpa_secure.train.aggregation import (
     Aggregator,
     ServerOptimizer,
+    Update,
     apply_sums,
     client_update,
     plain_sum,
 )
 from fedvpa_secure.train.evaluate import EvalEpisodes, evaluate, posterior_means
-from fedvpa_secure.train.local import ClientState, sample_episodes, train_local
+from fedvpa_secure.train.local import ClientState, LocalResult, sample_episodes, train_local
 from fedvpa_secure.train.tensors import ClientTensors, make_batch
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,28 @@ def client_prior_statistics(
     )
 
 
+def client_round(
+    local_model: PreferenceModel,
+    global_state: dict[str, torch.Tensor],
+    client: ClientTensors,
+    state: ClientState,
+    cfg: ExperimentConfig,
+    tau: float,
+    rng: np.random.Generator,
+    device: torch.device,
+) -> tuple[Update, LocalResult]:
+    """Everything one client does in a round, from the broadcast state to what it sends.
+
+    Loads the global model into ``local_model``, trains locally, and returns the weighted delta
+    and prior statistics as named float arrays (the input of aggregation, plain or secure).
+    """
+    local_model.load_state_dict(global_state)
+    trainable = {k: v.detach().clone() for k, v in local_model.trainable_state().items()}
+    result = train_local(local_model, [client], state, cfg, cfg.train.local_steps, tau, rng, device)
+    n_k, v_k = client_prior_statistics(local_model, client, cfg, rng, device)
+    return client_update(trainable, local_model, client.n_pairs, n_k, v_k), result
+
+
 def run_federation(
     model: PreferenceModel,
     train_clients: Sequence[ClientTensors],
@@ -109,24 +132,22 @@ def run_federation(
         chosen = rng.choice(len(train_clients), size=n_per_round, replace=False)
         logs = []
         if cfg.spec.federated:
-            global_state = {k: v.clone() for k, v in model.trainable_state().items()}
+            global_state = model.state_dict()
             updates = []
             for idx in sorted(chosen):
                 client = train_clients[idx]
-                local_model.load_state_dict(model.state_dict())
-                result = train_local(
+                update, result = client_round(
                     local_model,
-                    [client],
+                    global_state,
+                    client,
                     states[client.client_id],
                     cfg,
-                    cfg.train.local_steps,
                     tau,
                     rng,
                     device,
                 )
                 logs.append(result)
-                n_k, v_k = client_prior_statistics(local_model, client, cfg, rng, device)
-                updates.append(client_update(global_state, local_model, client.n_pairs, n_k, v_k))
+                updates.append(update)
             apply_sums(model, aggregate(updates), cfg.objective.variance_floor, server_opt)
         else:
             pooled = [train_clients[i] for i in chosen]
