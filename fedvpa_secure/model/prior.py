@@ -104,6 +104,13 @@ def sufficient_statistics(
     return r.sum(0), (r * sq).sum(0)
 
 
+def moment_statistics(mu: torch.Tensor, mu_clip: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum mu_e, sum mu_e mu_e^T) of clipped posterior means: summed, they give the population
+    mean and covariance from which the server re-seeds the prototypes."""
+    mu = clip_rows(mu.detach().double(), mu_clip)
+    return mu.sum(0), mu.T @ mu
+
+
 def rebuild_prior(
     n_sum: torch.Tensor, v_sum: torch.Tensor, variance_floor: float
 ) -> tuple[torch.Tensor, torch.Tensor]:

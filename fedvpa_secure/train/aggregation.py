@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from fedvpa_secure.config import ExperimentConfig
 from fedvpa_secure.errors import ProtocolError
 from fedvpa_secure.model.preference_model import PreferenceModel
 from fedvpa_secure.model.prior import rebuild_prior
@@ -24,6 +25,9 @@ Aggregator = Callable[[Sequence[Update]], Update]
 DELTA_PREFIX = "delta/"
 PRIOR_N = "prior/n"
 PRIOR_V = "prior/v"
+PRIOR_M1 = "prior/m1"  # sum of clipped posterior means (d)
+PRIOR_M2 = "prior/m2"  # sum of their outer products (d*d), for re-seeding the prototypes
+PRIOR_KEYS = {"n": PRIOR_N, "v": PRIOR_V, "m1": PRIOR_M1, "m2": PRIOR_M2}
 WEIGHT = "weight"
 MAX_CLIENT_WEIGHT = 4096.0  # example counts are capped so one client cannot dominate the average
 
@@ -43,18 +47,17 @@ def client_update(
     global_state: dict[str, torch.Tensor],
     local_model: PreferenceModel,
     weight: float,
-    prior_n: torch.Tensor | None,
-    prior_v: torch.Tensor | None,
+    prior_stats: dict[str, torch.Tensor] | None,
 ) -> Update:
-    """The weighted delta plus prior statistics of one client, as float arrays."""
+    """The weighted delta plus prior statistics (n, v, m1, m2) of one client, as float arrays."""
     w = float(min(weight, MAX_CLIENT_WEIGHT))
     update: Update = {}
     for name, value in local_model.trainable_state().items():
         delta = value.detach().cpu().float() - global_state[name].cpu().float()
         update[DELTA_PREFIX + name] = (w * delta).numpy()
-    if prior_n is not None and prior_v is not None:
-        update[PRIOR_N] = prior_n.detach().cpu().double().numpy()
-        update[PRIOR_V] = prior_v.detach().cpu().double().numpy()
+    for short, key in PRIOR_KEYS.items():
+        if prior_stats is not None and short in prior_stats:
+            update[key] = prior_stats[short].detach().cpu().double().reshape(-1).numpy()
     update[WEIGHT] = np.array([w])
     return update
 
@@ -116,3 +119,65 @@ def apply_sums(
         )
         model.log_pi.copy_(log_pi.to(model.log_pi.device))
         model.prior_var.copy_(var.to(model.prior_var.device))
+
+
+@torch.no_grad()
+def reseed_prototypes_from_sums(model: PreferenceModel, sums: Update, scale: float) -> bool:
+    """Place the prototypes so that they split the population along its main axes of variation.
+
+    Used once, when mixture-prior methods leave the N(0, I) warm-up. By then the encoder has
+    separated the user types, but by a small distance next to the prototypes' norm s, so random
+    prototypes would put every user in the same component. From SUMMED first and second moments
+    of the posterior means (no per-client statistic) the server takes the top K-1 principal
+    directions, puts a regular simplex of K points in that subspace, and adds one common offset
+    orthogonal to it so that the prototypes stay mutually orthogonal with norm s (the state the
+    orthogonality loss asks for). Returns False, changing nothing, if the sums are missing.
+    """
+    if PRIOR_M1 not in sums or PRIOR_M2 not in sums or model.prototypes is None:
+        return False
+    k, d = model.prototypes.shape
+    count = float(np.sum(sums[PRIOR_N]))
+    if count < 2:
+        return False
+    mean = np.asarray(sums[PRIOR_M1], dtype=np.float64) / count
+    second = np.asarray(sums[PRIOR_M2], dtype=np.float64).reshape(d, d) / count
+    cov = second - np.outer(mean, mean)
+    eigval, eigvec = np.linalg.eigh((cov + cov.T) / 2)
+    order = np.argsort(eigval)[::-1]
+    basis = eigvec[:, order[: k - 1]]  # d x (K-1): the population's main axes
+    offset_dir = eigvec[:, order[k - 1]]  # orthogonal to them
+    simplex = np.eye(k) - 1.0 / k  # K centred points spanning K-1 dimensions
+    u, _, _ = np.linalg.svd(simplex, full_matrices=False)
+    coords = simplex @ u[:, : k - 1]  # K x (K-1), a regular simplex
+    coords /= np.linalg.norm(coords, axis=1, keepdims=True)
+    radius = scale * np.sqrt((k - 1) / k)
+    offset = scale / np.sqrt(k)
+    protos = radius * coords @ basis.T + offset * offset_dir[None, :]
+    model.prototypes.copy_(torch.as_tensor(protos, dtype=model.prototypes.dtype))
+    if model.spec.mixture_prior:
+        model.log_pi.fill_(-float(np.log(k)))
+        model.prior_var.fill_(1.0)
+    return True
+
+
+def server_step(
+    model: PreferenceModel,
+    sums: Update,
+    server_optimizer: ServerOptimizer,
+    cfg: ExperimentConfig,
+    round_index: int,
+) -> None:
+    """Everything the server does with one round's sums (the in-process and gRPC servers share it).
+
+    The global step and prior rebuild, then, at the end of the prior warm-up, the one-time
+    re-seeding of the prototypes for the mixture phase.
+    """
+    apply_sums(model, sums, cfg.objective.variance_floor, server_optimizer)
+    rounds = cfg.train.rounds
+    next_uses_mixture = cfg.objective.at_round(round_index + 1, rounds).use_mixture
+    if (
+        model.spec.mixture_prior
+        and next_uses_mixture
+        and not cfg.objective.at_round(round_index, rounds).use_mixture
+    ):
+        reseed_prototypes_from_sums(model, sums, cfg.objective.prior_scale)

@@ -12,21 +12,23 @@ import copy
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from fedvpa_secure.config import ExperimentConfig
+from fedvpa_secure.errors import ConfigError
 from fedvpa_secure.model.preference_model import PreferenceModel
-from fedvpa_secure.model.prior import sufficient_statistics, tau_schedule
+from fedvpa_secure.model.prior import moment_statistics, sufficient_statistics, tau_schedule
 from fedvpa_secure.train.aggregation import (
     Aggregator,
     ServerOptimizer,
     Update,
-    apply_sums,
     client_update,
     plain_sum,
+    server_step,
 )
 from fedvpa_secure.train.evaluate import EvalEpisodes, evaluate, posterior_means
 from fedvpa_secure.train.local import ClientState, LocalResult, sample_episodes, train_local
@@ -59,6 +61,7 @@ class RoundRecord:
 class History:
     rounds: list[RoundRecord] = field(default_factory=list)
     latent_types: list[int] = field(default_factory=list)
+    privacy: dict | None = None  # record-level DP summary when cfg.dp is set
 
 
 @torch.no_grad()
@@ -68,20 +71,23 @@ def client_prior_statistics(
     cfg: ExperimentConfig,
     rng: np.random.Generator,
     device: torch.device,
-) -> tuple[torch.Tensor, torch.Tensor] | tuple[None, None]:
-    """(n_k, v_k) over one fresh partition of the client's pairs into context episodes."""
+) -> dict[str, torch.Tensor] | None:
+    """(n_k, v_k) and the first two moments over one fresh partition into context episodes."""
     if not model.spec.mixture_prior:
-        return None, None
+        return None
     items = sample_episodes([client], cfg.train.context_size, 1, 10**9, rng)
     model.eval()
     mu, _ = model.encode(make_batch(items).to(device))
-    return sufficient_statistics(
-        mu.cpu(),
+    mu = mu.cpu()
+    n_k, v_k = sufficient_statistics(
+        mu,
         model.prototypes.detach().cpu(),
         model.log_pi.cpu(),
         model.prior_var.cpu(),
         cfg.objective.mu_clip,
     )
+    m1, m2 = moment_statistics(mu, cfg.objective.mu_clip)
+    return {"n": n_k, "v": v_k, "m1": m1, "m2": m2}
 
 
 def client_round(
@@ -102,8 +108,8 @@ def client_round(
     local_model.load_state_dict(global_state)
     trainable = {k: v.detach().clone() for k, v in local_model.trainable_state().items()}
     result = train_local(local_model, [client], state, cfg, cfg.train.local_steps, tau, rng, device)
-    n_k, v_k = client_prior_statistics(local_model, client, cfg, rng, device)
-    return client_update(trainable, local_model, client.n_pairs, n_k, v_k), result
+    stats = client_prior_statistics(local_model, client, cfg, rng, device)
+    return client_update(trainable, local_model, client.n_pairs, stats), result
 
 
 def run_federation(
@@ -116,12 +122,24 @@ def run_federation(
     device: torch.device,
     aggregate: Aggregator = plain_sum,
     on_round: Callable[[RoundRecord], None] | None = None,
+    privacy_dir: str | Path | None = None,
 ) -> History:
-    """Train ``model`` (the global model, updated in place) for ``cfg.train.rounds`` rounds."""
+    """Train ``model`` (the global model, updated in place) for ``cfg.train.rounds`` rounds.
+
+    With ``cfg.dp`` set, every client trains with DP-SGD and keeps its ledger under
+    ``privacy_dir`` (required then); the non-DP path is unchanged.
+    """
     rng = np.random.default_rng(cfg.train.seed)
     torch.manual_seed(cfg.train.seed)
     history = History(latent_types=[c.user_type for c in eval_episodes.clients])
     states = {c.client_id: ClientState() for c in train_clients}
+    dp_clients = None
+    if cfg.dp is not None:
+        from fedvpa_secure.train.dp_round import DPClients
+
+        if not cfg.spec.federated or privacy_dir is None:
+            raise ConfigError("DP training needs a federated method and a privacy_dir for ledgers")
+        dp_clients = DPClients(cfg, train_clients, privacy_dir)
     local_model = copy.deepcopy(model) if cfg.spec.federated else model
     server_opt = ServerOptimizer(model, cfg.train.server_optimizer, cfg.train.server_learning_rate)
     n_per_round = cfg.train.clients_per_round or len(train_clients)
@@ -129,6 +147,7 @@ def run_federation(
     for r in range(cfg.train.rounds):
         start = time.perf_counter()
         tau = tau_schedule(r, cfg.train.rounds, cfg.objective.tau_start, cfg.objective.tau_end)
+        round_cfg = replace(cfg, objective=cfg.objective.at_round(r, cfg.train.rounds))
         chosen = rng.choice(len(train_clients), size=n_per_round, replace=False)
         logs = []
         if cfg.spec.federated:
@@ -136,26 +155,29 @@ def run_federation(
             updates = []
             for idx in sorted(chosen):
                 client = train_clients[idx]
-                update, result = client_round(
+                round_fn = client_round if dp_clients is None else dp_clients.client_round
+                extra = () if dp_clients is None else (r + 1,)
+                update, result = round_fn(
                     local_model,
                     global_state,
                     client,
                     states[client.client_id],
-                    cfg,
+                    round_cfg,
                     tau,
                     rng,
                     device,
+                    *extra,
                 )
                 logs.append(result)
                 updates.append(update)
-            apply_sums(model, aggregate(updates), cfg.objective.variance_floor, server_opt)
+            server_step(model, aggregate(updates), server_opt, cfg, r)
         else:
             pooled = [train_clients[i] for i in chosen]
             result = train_local(
                 model,
                 pooled,
                 states[train_clients[0].client_id],
-                cfg,
+                round_cfg,
                 cfg.train.local_steps * len(pooled),
                 tau,
                 rng,
@@ -187,4 +209,6 @@ def run_federation(
         log.debug("round %d: loss %.4f acc %.4f", record.round, record.loss, record.eval_accuracy)
         if on_round is not None:
             on_round(record)
+    if dp_clients is not None:
+        history.privacy = dp_clients.summary()
     return history

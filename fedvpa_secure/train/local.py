@@ -71,12 +71,19 @@ def sample_episodes(
 
 
 def prior_context(
-    model: PreferenceModel, state: ClientState, tau: float, generator: torch.Generator
+    model: PreferenceModel,
+    state: ClientState,
+    tau: float,
+    generator: torch.Generator,
+    use_mixture: bool = True,
 ) -> tuple[PriorContext, torch.Tensor | None]:
-    """The prior for this step; returns the local alpha so the optimiser can train it."""
+    """The prior for this step; returns the local alpha so the optimiser can train it.
+
+    ``use_mixture=False`` (the prior warm-up) trains mixture methods against N(0, I).
+    """
     if not model.spec.latent or model.prototypes is None:
         return PriorContext(None, None, None), None
-    if not model.spec.mixture_prior:
+    if not model.spec.mixture_prior or not use_mixture:
         return PriorContext(model.prototypes, None, None), None
     if state.alpha is None:
         state.alpha = model.log_pi.detach().clone()
@@ -126,7 +133,7 @@ def train_local(
             clients, cfg.train.context_size, cfg.train.query_size, cfg.train.episodes_per_step, rng
         )
         batch = make_batch(items).to(device)
-        prior, alpha = prior_context(model, state, tau, generator)
+        prior, alpha = prior_context(model, state, tau, generator, cfg.objective.use_mixture)
         if alpha is not None and alpha_opt is None:
             alpha_opt = torch.optim.Adam([alpha], lr=cfg.train.learning_rate)
         parts = compute_loss(model, batch, cfg, prior)

@@ -88,7 +88,7 @@ def test_pull_uses_the_most_responsible_component():
     mu = torch.tensor([[4.0, 1.0], [0.5, 3.0]])
     z = torch.tensor([[4.5, 0.5], [1.0, 4.0]])
     got = pull_to_component(z, mu, prior, method_spec("fedvpa-gp"))
-    hand = torch.tensor([0.5**2 + 0.5**2, 1.0**2 + 1.0**2])
+    hand = torch.tensor([0.5**2 + 0.5**2, 1.0**2 + 1.0**2]) / 2
     assert torch.allclose(got, hand)
 
 
