@@ -15,6 +15,7 @@ from fedvpa_secure.config import (
     TrainConfig,
 )
 from fedvpa_secure.errors import ConfigError
+from fedvpa_secure.train.dp_config import DPConfig, UserDPConfig
 
 DEFAULTS = ExperimentConfig()
 
@@ -75,6 +76,43 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--query-size", type=int, default=DEFAULTS.train.query_size)
     g.add_argument("--episodes-per-step", type=int, default=DEFAULTS.train.episodes_per_step)
     g.add_argument("--seed", type=int, default=0)
+    g = p.add_argument_group("privacy (PRIVACY.md; each guarantee is reported with its unit)")
+    g.add_argument(
+        "--dp-epsilon",
+        type=float,
+        default=None,
+        help="record-level DP-SGD on every client: target epsilon per client (calibrates the "
+        "noise), or the budget when --noise-multiplier is given",
+    )
+    g.add_argument("--dp-delta", type=float, default=1e-5, help="delta of both guarantees")
+    g.add_argument("--noise-multiplier", type=float, default=None, help="DP-SGD noise multiplier z")
+    g.add_argument("--max-grad-norm", type=float, default=1.0, help="per-episode clip C")
+    g.add_argument("--accountant", choices=("rdp", "prv"), default="rdp")
+    g.add_argument(
+        "--prior-noise-multiplier",
+        type=float,
+        default=5.0,
+        help="noise multiplier of the prior statistics' Gaussian release",
+    )
+    g.add_argument(
+        "--secure-agg", action="store_true", help="sum updates with the secure-aggregation protocol"
+    )
+    g.add_argument(
+        "--user-dp-epsilon",
+        type=float,
+        default=None,
+        help="user-level distributed DP (implies --secure-agg): target epsilon of the server",
+    )
+    g.add_argument("--user-dp-clip", type=float, default=1.0, help="whole-update clip norm S")
+    g.add_argument(
+        "--user-dp-min-survivors",
+        type=int,
+        default=3,
+        help="t_min: noise is calibrated to this many survivors; fewer aborts the round",
+    )
+    g.add_argument(
+        "--user-dp-noise", choices=("discrete_gaussian", "skellam"), default="discrete_gaussian"
+    )
     g = p.add_argument_group("run")
     g.add_argument("--out", required=True, help="output folder for report.json and plots")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -105,8 +143,57 @@ def data_kwargs(args: argparse.Namespace) -> dict:
     }
 
 
+def dp_config_from_args(args: argparse.Namespace) -> DPConfig | None:
+    """Record-level DP settings, or None when neither --dp-epsilon nor --noise-multiplier."""
+    eps = getattr(args, "dp_epsilon", None)
+    z = getattr(args, "noise_multiplier", None)
+    if eps is None and z is None:
+        return None
+    if z is not None and eps is None:
+        raise ConfigError(
+            "--noise-multiplier needs a budget: add --dp-epsilon (the most a client may spend)"
+        )
+    return DPConfig(
+        target_epsilon=None if z is not None else eps,
+        noise_multiplier=z,
+        epsilon_max=eps if z is not None else None,
+        delta=args.dp_delta,
+        max_grad_norm=args.max_grad_norm,
+        accountant=args.accountant,
+        prior_noise_multiplier=args.prior_noise_multiplier,
+    )
+
+
+def aggregator_from_args(args: argparse.Namespace, cfg: ExperimentConfig, n_clients: int):
+    """plain_sum, or a SecureAggregator (with user-level DP when --user-dp-epsilon)."""
+    from fedvpa_secure.train.aggregation import plain_sum
+
+    user_eps = getattr(args, "user_dp_epsilon", None)
+    if not getattr(args, "secure_agg", False) and user_eps is None:
+        return plain_sum
+    from fedvpa_secure.train.secure_aggregation import SecureAggregator
+
+    if user_eps is None:
+        return SecureAggregator()
+    per_round = cfg.train.clients_per_round or n_clients
+    return SecureAggregator(
+        user_dp=UserDPConfig(
+            target_epsilon=user_eps,
+            delta=args.dp_delta,
+            clip_norm=args.user_dp_clip,
+            min_survivors=args.user_dp_min_survivors,
+            noise=args.user_dp_noise,
+            accountant=args.accountant,
+        ),
+        run_dir=args.out,
+        rounds=cfg.train.rounds,
+        sample_rate=min(1.0, per_round / n_clients),
+    )
+
+
 def config_from_args(args: argparse.Namespace, data_cfg: DataConfig) -> ExperimentConfig:
     return ExperimentConfig(
+        dp=dp_config_from_args(args),
         method=args.method,
         device=args.device,
         cache_dir=args.cache_dir,
@@ -154,10 +241,17 @@ def run(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    report = run_experiment(cfg, data, args.out, on_round=on_round)
+    aggregate = aggregator_from_args(args, cfg, len(data.train_clients))
+    report = run_experiment(cfg, data, args.out, aggregate=aggregate, on_round=on_round)
     acc = report["accuracy"]
     print(
         f"accuracy overall {acc['overall']:.3f}, conflicting {acc['conflicting']:.3f}; "
         f"report: {args.out}/report.json"
     )
+    for info in (report.get("privacy") or {}).values():
+        if isinstance(info, dict):
+            print(
+                f"privacy ({info['unit']}): epsilon {info['epsilon']:.3f} at delta "
+                f"{info['delta']:g} ({info['accountant']})"
+            )
     return 0

@@ -20,6 +20,7 @@ from fedvpa_secure.train.aggregation import Aggregator, plain_sum
 from fedvpa_secure.train.evaluate import EvalEpisodes, evaluate
 from fedvpa_secure.train.features import PreparedClients, prepare_clients
 from fedvpa_secure.train.federation import History, RoundRecord, run_federation
+from fedvpa_secure.train.model_io import MODEL_FILE, save_global_model
 from fedvpa_secure.train.plots import plot_latent_grid, plot_training_curves
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,21 @@ def _clean(x):
     return x
 
 
+def privacy_report(history: History, aggregate: Aggregator) -> dict:
+    """report.json's "privacy" section: each guarantee with its unit, (epsilon, delta), accountant.
+
+    The two guarantees are never merged into one number (PRIVACY.md): record level from the
+    clients' ledgers, user level from the server's.
+    """
+    summary = getattr(aggregate, "privacy_summary", None)
+    user = summary() if callable(summary) else None
+    return {
+        "record_level": history.privacy,
+        "user_level": user,
+        "secure_aggregation": aggregate is not plain_sum,
+    }
+
+
 def run_experiment(
     cfg: ExperimentConfig,
     data: FederatedData,
@@ -91,9 +107,19 @@ def run_experiment(
     reference = EvalEpisodes.build(prepared.train, cfg.train.context_size, cfg.train.seed + 2)
     t1 = time.perf_counter()
     history: History = run_federation(
-        model, prepared.train, eval_eps, reference, user_types, cfg, device, aggregate, on_round
+        model,
+        prepared.train,
+        eval_eps,
+        reference,
+        user_types,
+        cfg,
+        device,
+        aggregate,
+        on_round,
+        privacy_dir=out,
     )
     train_seconds = time.perf_counter() - t1
+    save_global_model(model, out / MODEL_FILE)  # what the server publishes (mia attacks it)
     final = evaluate(model, eval_eps, user_types, device, reference=reference, full=True)
     report = {
         "method": cfg.method,
@@ -112,6 +138,7 @@ def run_experiment(
         },
         "device": str(device),
         "config": cfg.to_dict(),
+        "privacy": privacy_report(history, aggregate),
     }
     write_json_atomic(out / "report.json", report)
     plots = {}

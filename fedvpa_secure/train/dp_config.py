@@ -1,0 +1,191 @@
+"""Frozen, validated settings of the two DP guarantees (PRIVACY.md sections 1 and 2).
+
+This module imports nothing from the rest of the learner so that :mod:`fedvpa_secure.config` can
+hold a :class:`DPConfig` without an import cycle. Every check raises
+:class:`~fedvpa_secure.errors.ConfigError` naming the field, the value and the allowed range.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from fedvpa_secure.errors import ConfigError
+
+ACCOUNTANT_CHOICES = ("rdp", "prv")
+GRAD_SAMPLE_ENGINES = ("auto", "vmap", "hooks", "loop")
+NOISE_KINDS = ("discrete_gaussian", "skellam")
+
+
+def _check(cond: bool, name: str, value: object, allowed: str) -> None:
+    if not cond:
+        raise ConfigError(f"{name}={value!r} is invalid: expected {allowed}")
+
+
+def _finite_positive(value: float | None) -> bool:
+    return value is not None and math.isfinite(value) and value > 0
+
+
+@dataclass(frozen=True)
+class DPConfig:
+    """Record-level DP-SGD on each client (unit: one preference pair of one client).
+
+    Attributes:
+        target_epsilon: Calibrate the noise multiplier so that a client that takes part in every
+            round stays within this epsilon (DP-SGD steps and prior releases together). Give this
+            or ``noise_multiplier``.
+        noise_multiplier: DP-SGD noise multiplier z (noise std = z * max_grad_norm). 0 is allowed
+            only for tests of the DP code path (nothing can be accounted then).
+        delta: The delta of every reported epsilon; must be well below 1 / (pairs per client).
+        max_grad_norm: Per-episode L2 clipping norm C (Abadi et al. 2016).
+        accountant: ``rdp`` (Mironov 2017) or ``prv`` (Gopi, Lee, Wutschitz 2021).
+        epsilon_max: The client's budget: a round that would cross it is refused. Defaults to
+            ``target_epsilon``; required with ``noise_multiplier``.
+        prior_noise_multiplier: Noise multiplier of the prior's sufficient-statistics release
+            (a separate Gaussian mechanism, Dwork and Roth 2014 Thm. A.1, composed in the same
+            accountant).
+        prior_v_clip: Per-episode bound on ``||mu_e - P_k||^2 / d`` in the v-statistics; ``None``
+            derives ``(mu_clip + max_k ||P_k||)^2 / d`` each round from public quantities.
+        engine: Per-sample gradient engine: ``vmap`` (torch.func over whole episodes; frozen
+            mode), ``hooks`` (one backbone pass, per-text Linear-adapter gradients summed per
+            episode; lora mode), ``loop`` (one backward pass per episode; any model, slowest),
+            ``auto`` (vmap for frozen mode, hooks for lora mode).
+    """
+
+    target_epsilon: float | None = None
+    noise_multiplier: float | None = None
+    delta: float = 1e-5
+    max_grad_norm: float = 1.0
+    accountant: str = "rdp"
+    epsilon_max: float | None = None
+    prior_noise_multiplier: float = 5.0
+    prior_v_clip: float | None = None
+    engine: str = "auto"
+
+    def __post_init__(self) -> None:
+        _check(
+            (self.target_epsilon is None) != (self.noise_multiplier is None),
+            "target_epsilon/noise_multiplier",
+            (self.target_epsilon, self.noise_multiplier),
+            "exactly one of the two",
+        )
+        if self.target_epsilon is not None:
+            _check(
+                _finite_positive(self.target_epsilon),
+                "target_epsilon",
+                self.target_epsilon,
+                "a finite number > 0",
+            )
+        if self.noise_multiplier is not None:
+            _check(
+                math.isfinite(self.noise_multiplier) and self.noise_multiplier >= 0,
+                "noise_multiplier",
+                self.noise_multiplier,
+                "a finite number >= 0",
+            )
+        _check(0 < self.delta < 1, "delta", self.delta, "0 < delta < 1")
+        _check(
+            _finite_positive(self.max_grad_norm),
+            "max_grad_norm",
+            self.max_grad_norm,
+            "> 0",
+        )
+        _check(
+            self.accountant in ACCOUNTANT_CHOICES,
+            "accountant",
+            self.accountant,
+            f"one of {ACCOUNTANT_CHOICES}",
+        )
+        if self.epsilon_max is not None:
+            _check(
+                _finite_positive(self.epsilon_max),
+                "epsilon_max",
+                self.epsilon_max,
+                "a finite number > 0",
+            )
+        _check(
+            _finite_positive(self.prior_noise_multiplier),
+            "prior_noise_multiplier",
+            self.prior_noise_multiplier,
+            "a finite number > 0",
+        )
+        if self.prior_v_clip is not None:
+            _check(
+                _finite_positive(self.prior_v_clip),
+                "prior_v_clip",
+                self.prior_v_clip,
+                "a finite number > 0",
+            )
+        _check(
+            self.engine in GRAD_SAMPLE_ENGINES,
+            "engine",
+            self.engine,
+            f"one of {GRAD_SAMPLE_ENGINES}",
+        )
+
+    @property
+    def budget_epsilon(self) -> float | None:
+        """The epsilon a client's accountant enforces (``None``: nothing is accounted)."""
+        return self.epsilon_max if self.epsilon_max is not None else self.target_epsilon
+
+
+@dataclass(frozen=True)
+class UserDPConfig:
+    """User-level distributed DP across rounds (unit: one client's whole data).
+
+    Attributes:
+        target_epsilon: Calibrate the integer noise so that ``rounds`` rounds stay within it.
+        delta: Delta of the user-level guarantee.
+        clip_norm: Whole-update L2 clip S of each client's round update.
+        min_survivors: ``t_min``: the noise is calibrated so that any ``t_min`` honest shares
+            suffice (Kairouz, Liu, Steinke 2021); a round with fewer survivors aborts.
+        noise: ``discrete_gaussian`` (Canonne, Kamath, Steinke 2020) or ``skellam``
+            (Agarwal, Kairouz, Liu 2021).
+        accountant: ``rdp`` or ``prv``.
+        epsilon_max: The server's budget (defaults to ``target_epsilon``).
+    """
+
+    target_epsilon: float
+    delta: float = 1e-5
+    clip_norm: float = 1.0
+    min_survivors: int = 3
+    noise: str = "discrete_gaussian"
+    accountant: str = "rdp"
+    epsilon_max: float | None = None
+
+    def __post_init__(self) -> None:
+        _check(
+            _finite_positive(self.target_epsilon),
+            "user_dp.target_epsilon",
+            self.target_epsilon,
+            "a finite number > 0",
+        )
+        _check(0 < self.delta < 1, "user_dp.delta", self.delta, "0 < delta < 1")
+        _check(
+            _finite_positive(self.clip_norm), "user_dp.clip_norm", self.clip_norm, "a number > 0"
+        )
+        _check(
+            isinstance(self.min_survivors, int) and self.min_survivors >= 3,
+            "user_dp.min_survivors",
+            self.min_survivors,
+            "an integer >= 3 (secure aggregation needs at least 3)",
+        )
+        _check(self.noise in NOISE_KINDS, "user_dp.noise", self.noise, f"one of {NOISE_KINDS}")
+        _check(
+            self.accountant in ACCOUNTANT_CHOICES,
+            "user_dp.accountant",
+            self.accountant,
+            f"one of {ACCOUNTANT_CHOICES}",
+        )
+        if self.epsilon_max is not None:
+            _check(
+                _finite_positive(self.epsilon_max),
+                "user_dp.epsilon_max",
+                self.epsilon_max,
+                "a finite number > 0",
+            )
+
+    @property
+    def budget_epsilon(self) -> float:
+        """The epsilon the server's accountant enforces."""
+        return self.epsilon_max if self.epsilon_max is not None else self.target_epsilon

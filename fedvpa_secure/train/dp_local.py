@@ -1,0 +1,356 @@
+"""Record-level DP-SGD for one client's local training (PRIVACY.md section 1).
+
+The Opacus sample is the EPISODE. Every step draws a fresh, data-independent partition of the
+client's pairs into disjoint episodes (:func:`~fedvpa_secure.train.local.sample_episodes`), so each
+pair is in exactly one episode and can change exactly one per-sample gradient. Episodes are then
+Poisson-sampled with rate ``q`` (the subsampled Gaussian mechanism of Abadi et al. 2016 as
+accounted by Mironov, Talwar, Zhang 2019), each episode's gradient of BT + beta KL + lambda pull
+is clipped to ``max_grad_norm`` and Gaussian noise of std ``z * max_grad_norm`` is added by Opacus'
+:class:`~opacus.optimizers.DPOptimizer`.
+
+Why DPOptimizer with our own per-sample gradients instead of ``PrivacyEngine`` /
+``GradSampleModule``: Opacus' grad samplers attach to leaf layers and assume the layer's
+activations are batch-first in the Opacus sample. Here the prototypes enter the loss outside any
+layer, and in lora mode the backbone sees ``B * N`` texts for ``B`` episodes, so a per-layer
+sampler would clip per text, not per episode. We compute exact per-episode gradients of the
+whole loss (``torch.func.vmap`` over episodes in frozen mode; in lora mode one backbone pass with
+per-text adapter gradients summed per episode, :mod:`fedvpa_secure.train.dp_hooks`; or one
+backward pass per episode) and let Opacus clip, noise and scale them: the privacy-critical
+arithmetic stays Opacus'. Accounting is ours (:mod:`privacy`), ledger-backed, so a new optimiser
+per round never resets epsilon.
+
+Data-independent and local terms: the orthogonality penalty depends only on the prototypes, so
+its gradient is added after the noisy step (post-processing). The Gumbel logits alpha are trained
+on the (non-private) batch gradient: they never leave the client and influence released tensors
+only through the next steps' per-sample gradients, which are clipped and noised again.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from opacus.optimizers import DPOptimizer
+from torch.func import functional_call, grad, vmap
+
+from fedvpa_secure.config import ExperimentConfig
+from fedvpa_secure.errors import ConfigError
+from fedvpa_secure.model.objective import LossParts, PriorContext, episode_loss
+from fedvpa_secure.model.preference_model import EpisodeBatch, PreferenceModel
+from fedvpa_secure.model.prior import orthogonality_penalty
+from fedvpa_secure.train.dp_config import DPConfig
+from fedvpa_secure.train.local import (
+    ClientState,
+    LocalResult,
+    StepLog,
+    prior_context,
+    sample_episodes,
+)
+from fedvpa_secure.train.tensors import ClientTensors, make_batch
+
+_FIELDS = tuple(EpisodeBatch.__dataclass_fields__)
+
+
+def episode_sizes(n_pairs: int, context_size: int, query_size: int) -> tuple[int, int, int]:
+    """(context, query, number of episodes) of one partition, as ``sample_episodes`` cuts it.
+
+    Depends only on the client's pair count (public, as the dataset size in DP-SGD) and the
+    configuration, never on the data.
+    """
+    k = min(context_size, max(1, n_pairs - 1))
+    q = min(query_size, n_pairs - k)
+    return k, q, n_pairs // (k + q)
+
+
+def sample_rate(clients: Sequence[ClientTensors], cfg: ExperimentConfig) -> float:
+    """Poisson rate ``q`` so that the expected batch is ``episodes_per_step`` episodes."""
+    n_episodes = sum(
+        episode_sizes(c.n_pairs, cfg.train.context_size, cfg.train.query_size)[2] for c in clients
+    )
+    if n_episodes < 1:
+        raise ConfigError("a DP client needs at least one full episode of pairs")
+    return min(1.0, cfg.train.episodes_per_step / n_episodes)
+
+
+def _slice(batch: EpisodeBatch, index: int) -> EpisodeBatch:
+    def cut(x):
+        if x is None:
+            return None
+        if isinstance(x, dict):
+            return {k: v[index : index + 1] for k, v in x.items()}
+        return x[index : index + 1]
+
+    return EpisodeBatch(**{k: cut(getattr(batch, k)) for k in _FIELDS})
+
+
+def _loss_parts(
+    model: PreferenceModel, batch: EpisodeBatch, cfg: ExperimentConfig, prior: PriorContext
+) -> LossParts:
+    outputs = model(batch, sample=True)
+    return episode_loss(
+        outputs, batch.query_label, batch.query_mask, model.spec, cfg.objective, prior
+    )
+
+
+@dataclass
+class PerSampleGrads:
+    """Per-episode gradients of the data-dependent loss, and what the local logits need."""
+
+    grads: dict[str, torch.Tensor]  # name -> (B, *param.shape)
+    log_weights_grad: torch.Tensor | None  # d sum_e loss_e / d log w (K,)
+    parts: LossParts | None
+    input_grads: dict[str, torch.Tensor] | None = None  # field -> (B, ...) d loss_e / d input_e
+
+
+def per_sample_vmap(
+    model: PreferenceModel,
+    batch: EpisodeBatch,
+    cfg: ExperimentConfig,
+    prior: PriorContext,
+    names: Sequence[str],
+    input_fields: Sequence[str] = (),
+) -> PerSampleGrads:
+    """Exact per-episode gradients with ``torch.func.vmap(grad(...))`` over the episode dim.
+
+    Each episode is presented to the model as a batch of one, so modules see the same shapes as
+    in plain training; random draws use ``randomness="different"`` (independent per episode).
+    ``input_fields`` (float batch fields such as ``ctx_chosen``) also get the gradient of each
+    episode's loss with respect to that episode's own inputs (used by the hooks engine).
+    """
+    params = {n: p.detach() for n, p in model.named_parameters() if n in names}
+    frozen = {n: p.detach() for n, p in model.named_parameters() if n not in names}
+    buffers = dict(model.named_buffers())
+    log_w = None if prior.log_weights is None else prior.log_weights.detach()
+    present = {k: getattr(batch, k) for k in _FIELDS if getattr(batch, k) is not None}
+    diff = {k: present.pop(k).detach() for k in input_fields}
+
+    def one(
+        p: dict, lw: torch.Tensor | None, inputs: dict, rest: dict
+    ) -> tuple[torch.Tensor, tuple]:
+        def up(x):
+            if isinstance(x, dict):
+                return {k: v.unsqueeze(0) for k, v in x.items()}
+            return x.unsqueeze(0)
+
+        sample = {**rest, **inputs}
+        eb = EpisodeBatch(**{k: up(sample[k]) if k in sample else None for k in _FIELDS})
+        out = functional_call(model, ({**p, **frozen}, buffers), (eb,), {"sample": True})
+        pr = PriorContext(
+            p.get("prototypes", frozen.get("prototypes")) if prior.prototypes is not None else None,
+            prior.variances,
+            lw,
+        )
+        parts = episode_loss(out, eb.query_label, eb.query_mask, model.spec, cfg.objective, pr)
+        loss = parts.per_episode.sum()
+        aux = (parts.bt.detach(), _or_nan(parts.kl), _or_nan(parts.pull))
+        return loss, aux
+
+    argnums = (0, *((1,) if log_w is not None else ()), *((2,) if diff else ()))
+    fn = grad(one, argnums=argnums, has_aux=True)
+    grads, aux = vmap(fn, in_dims=(None, None, 0, 0), randomness="different")(
+        params, log_w, diff, present
+    )
+    by_arg = dict(zip(argnums, grads, strict=True))
+    g_params = by_arg[0]
+    lw_grad = by_arg[1].sum(0) if 1 in by_arg else None
+    bt, kl, pull = (a.reshape(-1) for a in aux)
+    parts = LossParts(
+        per_episode=bt, ortho=bt.new_zeros(()), bt=bt, kl=kl, pull=pull
+    )  # logging only
+    return PerSampleGrads(dict(g_params), lw_grad, parts, by_arg.get(2))
+
+
+def _or_nan(x: torch.Tensor | None) -> torch.Tensor:
+    if x is None:
+        return torch.full((1,), float("nan"))
+    return x.detach()
+
+
+def per_sample_loop(
+    model: PreferenceModel,
+    batch: EpisodeBatch,
+    cfg: ExperimentConfig,
+    prior: PriorContext,
+    names: Sequence[str],
+) -> PerSampleGrads:
+    """Exact per-episode gradients with one forward/backward pass per episode.
+
+    Works for any model (a backbone called on many texts per episode, data-dependent control
+    flow in Hugging Face masking code), at the cost of ``B`` smaller passes instead of one.
+    """
+    params = dict(model.named_parameters())
+    wanted = [params[n] for n in names]
+    lw = None if prior.log_weights is None else prior.log_weights.detach().requires_grad_(True)
+    pr = PriorContext(prior.prototypes, prior.variances, lw)
+    per: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    lw_grad = None if lw is None else torch.zeros_like(lw)
+    bts, kls, pulls = [], [], []
+    for i in range(int(batch.query_label.shape[0])):
+        parts = _loss_parts(model, _slice(batch, i), cfg, pr)
+        inputs = [*wanted, lw] if lw is not None else wanted
+        gs = torch.autograd.grad(parts.per_episode.sum(), inputs, allow_unused=True)
+        for n, p, g in zip(names, wanted, gs, strict=False):
+            per[n].append(torch.zeros_like(p) if g is None else g.detach())
+        if lw is not None and gs[-1] is not None:
+            lw_grad = lw_grad + gs[-1].detach()
+        bts.append(parts.bt.detach())
+        kls.append(_or_nan(parts.kl))
+        pulls.append(_or_nan(parts.pull))
+    bt = torch.cat(bts)
+    parts = LossParts(bt, bt.new_zeros(()), bt, torch.cat(kls), torch.cat(pulls))
+    return PerSampleGrads({n: torch.stack(v) for n, v in per.items()}, lw_grad, parts)
+
+
+def resolve_engine(dp: DPConfig, model: PreferenceModel) -> str:
+    """``auto``: vmap when the backbone is outside the step (frozen), hooks when it is inside."""
+    if dp.engine != "auto":
+        return dp.engine
+    return "hooks" if model.backbone is not None else "vmap"
+
+
+def engine_function(engine: str):
+    """The per-sample gradient function of an engine name."""
+    if engine == "hooks":
+        from fedvpa_secure.train.dp_hooks import per_sample_hooks  # imports this module
+
+        return per_sample_hooks
+    if engine == "loop":
+        return per_sample_loop
+    if engine == "vmap":
+        return per_sample_vmap
+    raise ConfigError(f"engine={engine!r} is unknown: choose vmap, hooks or loop")
+
+
+def _optimizer(model: PreferenceModel, cfg: ExperimentConfig) -> torch.optim.Optimizer:
+    head = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n]
+    lora = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]
+    groups = [{"params": head, "lr": cfg.train.learning_rate}]
+    if lora:
+        groups.append({"params": lora, "lr": cfg.train.lora_learning_rate})
+    if cfg.train.local_optimizer == "sgd":
+        return torch.optim.SGD(groups, weight_decay=cfg.train.weight_decay)
+    return torch.optim.Adam(groups, weight_decay=cfg.train.weight_decay)
+
+
+@dataclass
+class DPLocalResult(LocalResult):
+    """A local result plus what the accountant needs."""
+
+    sample_rate: float = 1.0
+    noise_multiplier: float = 0.0
+    batch_sizes: list[int] | None = None
+
+
+def train_local_dp(
+    model: PreferenceModel,
+    clients: Sequence[ClientTensors],
+    state: ClientState,
+    cfg: ExperimentConfig,
+    steps: int,
+    tau: float,
+    rng: np.random.Generator,
+    device: torch.device,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    engine: str = "vmap",
+    noise_generator: torch.Generator | None = None,
+) -> DPLocalResult:
+    """DP-SGD local training: the inputs of ``train_local`` plus the DP parameters.
+
+    Accounting is the caller's job (:func:`fedvpa_secure.train.dp_round.dp_client_round`):
+    this function is the mechanism only, ``steps`` Poisson-subsampled Gaussian steps with rate
+    :func:`sample_rate`. With ``noise_multiplier = 0``, ``max_grad_norm = inf`` and ``q = 1`` it
+    takes exactly the steps of plain training (the property tested in tests/privacy).
+
+    Returns:
+        Per-step logs plus the sample rate, noise multiplier and realised batch sizes.
+    """
+    model.train()
+    generator = torch.Generator().manual_seed(int(rng.integers(2**31)))
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    optimizer = _optimizer(model, cfg)
+    q = sample_rate(clients, cfg)
+    n_episodes = sum(
+        episode_sizes(c.n_pairs, cfg.train.context_size, cfg.train.query_size)[2] for c in clients
+    )
+    dp_opt = DPOptimizer(
+        optimizer,
+        noise_multiplier=float(noise_multiplier),
+        max_grad_norm=float(max_grad_norm),
+        expected_batch_size=max(1, round(q * n_episodes)) if q < 1 else n_episodes,
+        loss_reduction="mean",
+        generator=noise_generator,
+    )
+    params = dict(model.named_parameters())
+    alpha_opt = None
+    result = DPLocalResult(sample_rate=q, noise_multiplier=float(noise_multiplier), batch_sizes=[])
+    per_sample = engine_function(engine)
+    for _ in range(steps):
+        pool = sample_episodes(
+            clients, cfg.train.context_size, cfg.train.query_size, 10**9, rng
+        )  # a fresh partition: each pair in exactly one episode
+        if q < 1.0:
+            keep = rng.random(len(pool)) < q  # Poisson sampling of episodes
+            pool = [item for item, k in zip(pool, keep, strict=True) if k]
+        prior, alpha = prior_context(model, state, tau, generator, cfg.objective.use_mixture)
+        if alpha is not None and alpha_opt is None:
+            alpha_opt = torch.optim.Adam([alpha], lr=cfg.train.learning_rate)
+        dp_opt.zero_grad(set_to_none=True)
+        if alpha_opt is not None:
+            alpha_opt.zero_grad(set_to_none=True)
+        if pool:
+            batch = make_batch(pool).to(device)
+            psg = per_sample(model, batch, cfg, prior, names)
+            for n in names:
+                params[n].grad_sample = psg.grads[n]
+        else:  # an empty Poisson draw still takes a (pure-noise) step
+            psg = None
+            for n in names:
+                params[n].grad_sample = params[n].new_zeros((0, *params[n].shape))
+        result.batch_sizes.append(len(pool))
+        if dp_opt.pre_step():  # clip per episode, sum, add noise, divide by expected batch
+            ortho = _ortho_term(model, cfg)
+            if ortho is not None:  # data-independent: public post-processing
+                (g,) = torch.autograd.grad(ortho, [model.prototypes])
+                model.prototypes.grad = model.prototypes.grad + g
+            dp_opt.original_optimizer.step()
+        if alpha_opt is not None and psg is not None and psg.log_weights_grad is not None:
+            alpha.grad = None  # local, never released: trained on the batch gradient
+            torch.autograd.backward(
+                prior.log_weights, grad_tensors=psg.log_weights_grad / len(pool)
+            )
+            alpha_opt.step()
+        result.steps.append(_log(psg, cfg, model))
+    for n in names:
+        params[n].grad_sample = None
+        params[n].grad = None
+    if state.alpha is not None:
+        state.alpha = state.alpha.detach()
+    state.rounds_trained += 1
+    return result
+
+
+def _ortho_term(model: PreferenceModel, cfg: ExperimentConfig) -> torch.Tensor | None:
+    if not (model.spec.latent and model.spec.ortho_pull) or model.prototypes is None:
+        return None
+    return cfg.objective.ortho_weight * orthogonality_penalty(
+        model.prototypes, cfg.objective.prior_scale
+    )
+
+
+def _log(psg: PerSampleGrads | None, cfg: ExperimentConfig, model: PreferenceModel) -> StepLog:
+    if psg is None or psg.parts is None:
+        return StepLog(loss=float("nan"), bt=float("nan"))
+    parts = psg.parts
+    loss = parts.bt.mean()
+    kl = float(parts.kl.mean()) if parts.kl is not None else float("nan")
+    pull = float(parts.pull.mean()) if parts.pull is not None else float("nan")
+    total = float(loss)
+    if model.spec.latent and math.isfinite(kl):
+        total += cfg.objective.beta * kl
+    if model.spec.ortho_pull and math.isfinite(pull):
+        total += cfg.objective.pull_weight * pull
+    return StepLog(loss=total, bt=float(loss), kl=kl, pull=pull)
