@@ -165,7 +165,10 @@ class ObjectiveConfig:
         ramp = 1.0 if warm <= 0 else min(1.0, (round_index + 1) / warm)
         start = int(self.prior_warmup_fraction * rounds)
         pull_warm = self.warmup_fraction * max(rounds - start, 1)
-        pull_ramp = 0.0 if round_index < start else min(1.0, (round_index - start + 1) / pull_warm)
+        if round_index < start:
+            pull_ramp = 0.0
+        else:
+            pull_ramp = 1.0 if pull_warm <= 0 else min(1.0, (round_index - start + 1) / pull_warm)
         return replace(
             self,
             beta=self.beta * ramp,

@@ -131,7 +131,9 @@ def reseed_prototypes_from_sums(model: PreferenceModel, sums: Update, scale: flo
     of the posterior means (no per-client statistic) the server takes the top K-1 principal
     directions, puts a regular simplex of K points in that subspace, and adds one common offset
     orthogonal to it so that the prototypes stay mutually orthogonal with norm s (the state the
-    orthogonality loss asks for). Returns False, changing nothing, if the sums are missing.
+    orthogonality loss asks for). Equal-norm prototypes split space by hyperplanes through the
+    origin, so the encoder's output bias is shifted once to centre the population on those axes.
+    Returns False, changing nothing, if the sums are missing.
     """
     if PRIOR_M1 not in sums or PRIOR_M2 not in sums or model.prototypes is None:
         return False
@@ -154,6 +156,10 @@ def reseed_prototypes_from_sums(model: PreferenceModel, sums: Update, scale: flo
     offset = scale / np.sqrt(k)
     protos = radius * coords @ basis.T + offset * offset_dir[None, :]
     model.prototypes.copy_(torch.as_tensor(protos, dtype=model.prototypes.dtype))
+    if model.encoder is not None:
+        shift = basis @ (basis.T @ mean)
+        bias = model.encoder.mu.bias
+        bias.sub_(torch.as_tensor(shift, dtype=bias.dtype, device=bias.device))
     if model.spec.mixture_prior:
         model.log_pi.fill_(-float(np.log(k)))
         model.prior_var.fill_(1.0)
