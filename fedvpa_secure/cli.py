@@ -21,12 +21,22 @@ SUBCOMMANDS: dict[str, str] = {
     "experiment": "fedvpa_secure.commands.experiment",
     "privacy": "fedvpa_secure.commands.privacy_cmd",
     "audit": "fedvpa_secure.commands.audit_cmd",
+    "mia": "fedvpa_secure.commands.mia_cmd",
+    "certs": "fedvpa_secure.commands.certs",
+    "server": "fedvpa_secure.commands.server_cmd",
+    "client": "fedvpa_secure.commands.client_cmd",
+    "simulate": "fedvpa_secure.commands.simulate",
 }
 
 HELP: dict[str, str] = {
     "experiment": "run an in-process federated experiment and write a report",
     "privacy": "privacy accounting helpers (e.g. `privacy epsilon`)",
-    "audit": "verify a privacy ledger or a run directory",
+    "audit": "verify a privacy ledger or a run directory (or --empirical: canary audit)",
+    "mia": "membership inference against a run's published global model",
+    "certs": "make a CA, server/client certificates, identity keys and the registry",
+    "server": "run the federation server (gRPC, mTLS, secure aggregation)",
+    "client": "run one federation client process",
+    "simulate": "certs + server + N client processes on loopback, then a report",
 }
 
 

@@ -1,0 +1,138 @@
+"""Accuracy table of every method on the data protocols, several seeds, mean and spread.
+
+Runs the real learner in-process (frozen backbone; embeddings come from the on-disk cache, so
+only the first run pays for embedding) and prints, per protocol and method, the metrics of
+METHOD.md section 7: overall, conflicting, per type, switching, silhouette, KL per dimension.
+
+    python benchmarks/learner_table.py --data ../shared/data/hh-rlhf --protocols p3 \
+        --seeds 0 1 2 --json table.json
+
+With --data DIR, a held-out folder of the same layout is made once (split by the first Human
+turn, so evaluation users' prompts are unseen) and used as --eval-data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from fedvpa_secure.config import METHODS
+from fedvpa_secure.data import split_folder
+from fedvpa_secure.train.data_setup import load_federated_data
+from fedvpa_secure.train.experiment import run_experiment
+
+METRICS = (
+    ("overall", lambda r: r["accuracy"]["overall"]),
+    ("conflicting", lambda r: r["accuracy"]["conflicting"]),
+    ("switching", lambda r: _mean(r["switching_accuracy"]["per_type"].values())),
+    ("silhouette", lambda r: r["latent"]["silhouette"]),
+    ("kl/dim", lambda r: r["latent"]["kl_per_dim"]),
+)
+
+
+def _mean(values) -> float | None:
+    vals = [v for v in values if v is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def _cell(values: list[float | None]) -> str:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return "-"
+    spread = statistics.stdev(vals) if len(vals) > 1 else 0.0
+    return f"{statistics.mean(vals):.3f}±{spread:.3f}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=None, help="HH-RLHF folder (default: synthetic only)")
+    parser.add_argument("--protocols", nargs="+", default=["synthetic"])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--clients", type=int, default=20)
+    parser.add_argument("--pairs-per-client", type=int, default=256)
+    parser.add_argument("--eval-clients", type=int, default=10)
+    parser.add_argument("--eval-pairs-per-client", type=int, default=200)
+    parser.add_argument("--context-size", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--out", default="runs/learner_table")
+    parser.add_argument("--json", dest="json_path", default=None)
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    from fedvpa_secure.commands.experiment import DEFAULTS, config_from_args
+
+    train_dir = eval_dir = None
+    if args.data:
+        tmp = Path(tempfile.mkdtemp(prefix="fedvpa-split-"))
+        train_dir, eval_dir = tmp / "train", tmp / "eval"
+        split_folder(args.data, train_dir, eval_dir, 0.3, 0)
+    rows: dict[str, dict[str, list[dict]]] = {}
+    for protocol in args.protocols:
+        hh = protocol != "synthetic"
+        for method in args.methods:
+            for seed in args.seeds:
+                ns = argparse.Namespace(
+                    method=method,
+                    device="auto",
+                    cache_dir=DEFAULTS.cache_dir,
+                    backbone=DEFAULTS.model.backbone,
+                    mode="frozen",
+                    max_length=DEFAULTS.model.max_length,
+                    latent_dim=DEFAULTS.model.latent_dim,
+                    components=DEFAULTS.model.n_components,
+                    beta=DEFAULTS.objective.beta,
+                    rounds=args.rounds,
+                    clients_per_round=0,
+                    local_steps=DEFAULTS.train.local_steps,
+                    context_size=args.context_size,
+                    query_size=DEFAULTS.train.query_size,
+                    episodes_per_step=DEFAULTS.train.episodes_per_step,
+                    seed=seed,
+                )
+                kwargs = {
+                    "eval_data_dir": str(eval_dir) if hh else None,
+                    "n_clients": args.clients,
+                    "n_eval_clients": args.eval_clients,
+                    "pairs_per_client": args.pairs_per_client if hh else 64,
+                    "eval_pairs_per_client": args.eval_pairs_per_client if hh else 64,
+                    "type_mix": (0.5, 0.5),
+                    "max_pairs_per_subset": None,
+                }
+                data, data_cfg = load_federated_data(
+                    str(train_dir) if hh else "synthetic", protocol, kwargs, seed
+                )
+                cfg = config_from_args(ns, data_cfg)
+                out = Path(args.out) / protocol / f"{method}-s{seed}"
+                report = run_experiment(cfg, data, out)
+                rows.setdefault(protocol, {}).setdefault(method, []).append(report)
+                print(
+                    f"{protocol} {method} seed {seed}: overall "
+                    f"{report['accuracy']['overall']:.3f} conflicting "
+                    f"{report['accuracy']['conflicting']:.3f}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    table = {}
+    for protocol, methods in rows.items():
+        types = methods[next(iter(methods))][0]["user_types"]
+        header = ["method", *[m for m, _ in METRICS], *[f"type:{t}" for t in types]]
+        print(f"\n{protocol} (mean±sd over seeds {args.seeds})")
+        print(" | ".join(header))
+        for method, reports in methods.items():
+            cells = [_cell([f(r) for r in reports]) for _, f in METRICS]
+            cells += [_cell([r["accuracy"]["per_type"][t] for r in reports]) for t in types]
+            print(" | ".join([method, *cells]))
+            table.setdefault(protocol, {})[method] = dict(zip(header[1:], cells, strict=True))
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps(table, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,315 @@
+"""The client process's loop: join, poll, train, mask, upload; survive server restarts.
+
+Contributions are recorded in ``STATE_DIR/contributions.json`` *before* a masked input (or a plain
+update) leaves the process, so after any crash or server restart the client still refuses to
+contribute twice to the same model version (round index, attempt and model hash).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from fedvpa_secure.client.settings import ClientSettings
+from fedvpa_secure.errors import AbortRound, FedVPAError, ProtocolError
+from fedvpa_secure.proto import federation_pb2 as pb
+from fedvpa_secure.proto import federation_pb2_grpc as pb_grpc
+from fedvpa_secure.secagg import ClientSession, ClientStage
+from fedvpa_secure.secagg.messages import PROTOCOL_VERSION, MaskedInputRequest, Message, Stage
+from fedvpa_secure.server.settings import experiment_from_dict
+from fedvpa_secure.transport import serde, tls
+from fedvpa_secure.transport.chunking import iter_chunks, reassemble
+from fedvpa_secure.transport.pki import load_identity, load_registry
+from fedvpa_secure.transport.secure_update import config_from_json, layout_for, split_update
+
+log = logging.getLogger("fedvpa_secure.client")
+
+MAX_MODEL_BYTES = 1 << 30
+EXIT_AT_ENV = "FEDVPA_TEST_CLIENT_EXIT_AT"
+"""Test seam: a stage name (e.g. ``MASKED_INPUT``) at which the process dies (a killed client)."""
+MAX_GRPC_MESSAGE = 4 * 1024 * 1024
+
+
+class Contributions:
+    """The model versions this client has contributed to, persisted atomically."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._seen: dict[str, str] = {}
+        if path.exists():
+            self._seen = dict(json.loads(path.read_text()))
+
+    def has(self, model_version: str) -> bool:
+        return model_version in self._seen
+
+    def add(self, model_version: str, model_hash: str) -> None:
+        self._seen[model_version] = model_hash
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        with open(tmp, "w") as handle:
+            json.dump(self._seen, handle, indent=1, sort_keys=True)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, self.path)
+
+
+def upload(
+    stub: pb_grpc.FederationStub,
+    client_id: str,
+    round_id: str,
+    model_version: str,
+    body_kind: int,
+    body: bytes,
+    timeout: float = 60.0,
+) -> pb.SubmitAck:
+    """Send one body as a header followed by 512 KiB chunks."""
+    header = pb.UploadHeader(
+        client_id=client_id,
+        round_id=round_id,
+        model_version=model_version,
+        body=body_kind,
+        total_size=len(body),
+        sha256=hashlib.sha256(body).digest(),
+    )
+
+    def parts():
+        yield pb.Upload(header=header)
+        for chunk in iter_chunks(body):
+            yield pb.Upload(chunk=chunk)
+
+    return stub.Submit(parts(), timeout=timeout)
+
+
+class FederatedClient:
+    """One client of the federation (one process)."""
+
+    def __init__(
+        self,
+        server: str,
+        client_id: str,
+        settings: ClientSettings,
+        *,
+        data_dir: str | Path | None = None,
+        device: str | None = None,
+        learner: Any = None,
+    ) -> None:
+        self.server = server
+        self.client_id = client_id
+        self.settings = settings
+        self.data_dir = data_dir
+        self.device = device or settings.device
+        self.identity = load_identity(settings.identity)
+        self.registry = load_registry(settings.registry)
+        self.contributions = Contributions(settings.state_dir / "contributions.json")
+        self.channel = grpc.secure_channel(
+            server,
+            tls.channel_credentials(settings.ca, settings.cert, settings.key),
+            options=tls.channel_options(MAX_GRPC_MESSAGE),
+        )
+        self.stub = pb_grpc.FederationStub(self.channel)
+        self.learner: Any = learner  # injected in benchmarks/tests; else built on join
+        self.ledger: Any = None
+        self._session: ClientSession | None = None
+        self._pending_input: tuple[Any, Any, float] | None = None
+        self._task: pb.Task | None = None
+        self.rounds_done = 0
+
+    # -- connection -----------------------------------------------------------------------------
+
+    def _call(self, fn, *args, **kwargs):
+        """Retry while the server is unavailable (e.g. restarting), up to ``reconnect_s``."""
+        deadline = time.monotonic() + self.settings.reconnect_s
+        delay = 0.2
+        while True:
+            try:
+                return fn(*args, **kwargs)
+            except grpc.RpcError as err:
+                if err.code() not in (
+                    grpc.StatusCode.UNAVAILABLE,
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                ):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(2.0, delay * 1.5)
+
+    def join(self) -> None:
+        resp = self._call(
+            self.stub.Join,
+            pb.JoinRequest(client_id=self.client_id, protocol_version=PROTOCOL_VERSION),
+            timeout=10.0,
+        )
+        cfg = experiment_from_dict(json.loads(resp.experiment_json))
+        overrides: dict[str, Any] = {"device": self.device}
+        if self.settings.cache_dir:
+            overrides["cache_dir"] = self.settings.cache_dir
+        from dataclasses import replace
+
+        cfg = replace(cfg, **overrides)
+        from fedvpa_secure.client.learner import ClientLearner
+        from fedvpa_secure.client.privacy_hook import open_client_ledger
+
+        if self.learner is None:
+            self.learner = ClientLearner(cfg, self.client_id, self.data_dir)
+        if getattr(self.learner, "uses_dp", False):
+            # DP-SGD: the learner's accountant is this client's ledger (one per actor)
+            self.learner.open_dp(self.settings.state_dir, resp.run_id)
+        else:
+            self.ledger = open_client_ledger(self.settings, self.client_id, resp.run_id)
+        log.info("client %s joined run %s (secure=%s)", self.client_id, resp.run_id, resp.secure)
+
+    def run(self) -> int:
+        """Join and serve rounds until the server says FINISHED; returns an exit status."""
+        self.join()
+        while True:
+            task = self._call(
+                self.stub.Poll,
+                pb.PollRequest(client_id=self.client_id, wait_s=self.settings.poll_wait_s),
+                timeout=self.settings.poll_wait_s + 10.0,
+            )
+            if task.kind == pb.Task.FINISHED:
+                log.info(
+                    "client %s: federation finished after %d rounds",
+                    self.client_id,
+                    self.rounds_done,
+                )
+                return 0
+            try:
+                self._handle(task)
+            except AbortRound as exc:
+                log.warning("client %s aborted round %s: %s", self.client_id, task.round_id, exc)
+                self._drop()
+            except grpc.RpcError as err:
+                log.warning(
+                    "client %s: server refused %s: %s %s",
+                    self.client_id,
+                    task.round_id,
+                    err.code().name,
+                    err.details(),
+                )
+                self._drop()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    # -- tasks ----------------------------------------------------------------------------------
+
+    def _drop(self) -> None:
+        self._session = None
+        self._pending_input = None
+        self._task = None
+
+    def _handle(self, task: pb.Task) -> None:
+        if task.kind == pb.Task.WAIT:
+            return
+        if task.kind == pb.Task.ABORT:
+            if self._task is not None and task.round_id == self._task.round_id:
+                log.info(
+                    "client %s: round %s abandoned by the server", self.client_id, task.round_id
+                )
+                self._drop()
+            return
+        if task.kind == pb.Task.TRAIN:
+            self._on_train(task)
+        elif task.kind == pb.Task.SECAGG:
+            self._on_secagg(task)
+
+    def _fetch_model(self, task: pb.Task) -> dict:
+        chunks = self.stub.FetchModel(
+            pb.ModelRequest(client_id=self.client_id, model_version=task.model_version),
+            timeout=120.0,
+        )
+        blob = reassemble(chunks, expected_size=None, max_size=MAX_MODEL_BYTES)
+        bundle = pb.TensorBundle()
+        bundle.ParseFromString(blob)
+        arrays = serde.bundle_to_arrays(bundle, expected=self.learner.state_spec())
+        if serde.state_hash(arrays) != task.model_hash:
+            raise AbortRound("the downloaded model does not match the announced model hash")
+        return arrays
+
+    def _on_train(self, task: pb.Task) -> None:
+        self._drop()
+        if self.contributions.has(task.model_version):
+            log.warning(
+                "client %s: already contributed to model version %s; refusing round %s",
+                self.client_id,
+                task.model_version,
+                task.round_id,
+            )
+            return
+        weights = self._fetch_model(task)
+        update = self.learner.train_round(weights, task.tau, task.model_version)
+        if not task.secure:
+            self.contributions.add(task.model_version, task.model_hash)
+            body = serde.arrays_to_bundle(update).SerializeToString()
+            upload(
+                self.stub,
+                self.client_id,
+                task.round_id,
+                task.model_version,
+                pb.UploadHeader.PLAIN,
+                body,
+            )
+            self.rounds_done += 1
+            return
+        config = config_from_json(task.secagg_config_json)
+        tensors, extras, weight = split_update(update)
+        spec = serde.spec_of({**tensors, **extras})
+        layout = layout_for(spec, config)
+        self._session = ClientSession(
+            self.client_id,
+            self.identity,
+            self.registry,
+            config,
+            layout,
+            task.round_id,
+            model_version=task.model_version,
+        )
+        self._pending_input = (tensors, extras, weight)
+        self._task = task
+        self._answer(serde.parse_secagg(task.payload))
+
+    def _on_secagg(self, task: pb.Task) -> None:
+        if self._session is None or self._task is None or task.round_id != self._task.round_id:
+            return  # a stale message of a round this client is not in
+        self._answer(serde.parse_secagg(task.payload))
+
+    def _answer(self, message: Message) -> None:
+        session, current = self._session, self._task
+        if session is None or current is None:
+            return
+        if os.environ.get(EXIT_AT_ENV) == Stage(message.stage).name:  # test seam: die mid-round
+            log.warning("client %s: exiting at %s (%s)", self.client_id, EXIT_AT_ENV, message.stage)
+            os._exit(137)
+        if isinstance(message, MaskedInputRequest) and session.stage is ClientStage.SHARED:
+            if self.contributions.has(current.model_version):
+                raise AbortRound(f"already contributed to model version {current.model_version}")
+            self.contributions.add(current.model_version, current.model_hash)
+            tensors, extras, weight = self._pending_input  # type: ignore[misc]
+            session.provide_input(tensors, extras=extras, weight=weight)
+            self._pending_input = None
+        try:
+            reply = session.handle(message)
+        except (ProtocolError, FedVPAError) as exc:
+            raise AbortRound(str(exc)) from exc
+        body = serde.message_to_proto(reply).SerializeToString()
+        upload(
+            self.stub,
+            self.client_id,
+            current.round_id,
+            current.model_version,
+            pb.UploadHeader.SECAGG,
+            body,
+        )
+        if session.stage is ClientStage.DONE:
+            self.rounds_done += 1
+            log.info("client %s: round %s done", self.client_id, current.round_id)
+            self._drop()

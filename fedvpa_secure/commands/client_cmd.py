@@ -1,0 +1,46 @@
+"""``fedvpa-secure client --server HOST:PORT --client-id ID --config client.toml``."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "client",
+        help="run one federation client (its own data, certificate and budget)",
+        description="Connect with mTLS, train on this client's shard each round it is sampled "
+        "for, and send only masked updates.",
+    )
+    p.add_argument("--server", required=True, help="HOST:PORT")
+    p.add_argument("--client-id", required=True)
+    p.add_argument("--config", required=True, help="client.toml")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="this client's shard folder (default: regenerate the synthetic shard by index)",
+    )
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import grpc
+
+    from fedvpa_secure.client.runtime import FederatedClient
+    from fedvpa_secure.client.settings import load_client_settings
+    from fedvpa_secure.errors import ProtocolError
+
+    client = FederatedClient(
+        args.server,
+        args.client_id,
+        load_client_settings(args.config),
+        data_dir=args.data,
+        device=args.device,
+    )
+    try:
+        return client.run()
+    except grpc.RpcError as err:  # the server refused us or went away for good
+        raise ProtocolError(f"server {args.server}: {err.code().name}: {err.details()}") from err
+    finally:
+        client.close()

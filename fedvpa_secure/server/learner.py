@@ -1,0 +1,122 @@
+"""The server's side of the learner: the global model, the step from sums, evaluation, report.
+
+The server never sees an individual update: :meth:`ServerLearner.apply` takes only the sums
+(from secure aggregation or, in plain mode, :func:`plain_sum`) and calls the learner's
+:func:`apply_sums`, which also rebuilds the mixture prior from the summed statistics.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedvpa_secure.config import ExperimentConfig
+from fedvpa_secure.model.backbone import pick_device
+from fedvpa_secure.model.prior import tau_schedule
+from fedvpa_secure.train.aggregation import ServerOptimizer, Update, apply_sums, client_update
+from fedvpa_secure.train.data_setup import load_federated_data
+from fedvpa_secure.train.evaluate import EvalEpisodes, evaluate
+from fedvpa_secure.train.experiment import build_model
+from fedvpa_secure.train.features import prepare_clients
+from fedvpa_secure.train.federation import client_prior_statistics
+
+log = logging.getLogger("fedvpa_secure.server")
+
+
+def data_kwargs(cfg: ExperimentConfig) -> dict[str, Any]:
+    d = cfg.data
+    return {
+        "eval_data_dir": d.eval_data_dir,
+        "n_clients": d.n_clients,
+        "n_eval_clients": d.n_eval_clients,
+        "pairs_per_client": d.pairs_per_client,
+        "eval_pairs_per_client": d.eval_pairs_per_client,
+        "type_mix": d.type_mix,
+        "max_pairs_per_subset": d.max_pairs_per_subset,
+    }
+
+
+def load_run_data(cfg: ExperimentConfig):
+    """The run's federated data, partitioned exactly as the in-process experiment does."""
+    flag = cfg.data.data_dir or ("synthetic" if cfg.data.protocol == "synthetic" else None)
+    fed, _ = load_federated_data(flag, cfg.data.protocol, data_kwargs(cfg), cfg.train.seed)
+    return fed
+
+
+def state_arrays(model: torch.nn.Module) -> dict[str, np.ndarray]:
+    """The model's full state as numpy arrays (what clients download)."""
+    return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+
+
+class ServerLearner:
+    """Global model, server optimizer and evaluation users for one run."""
+
+    def __init__(self, cfg: ExperimentConfig) -> None:
+        self.cfg = cfg
+        self.device = pick_device(cfg.device)
+        fed = load_run_data(cfg)
+        self.protocol = fed.protocol
+        self.data_description = fed.description
+        self.user_types = list(fed.user_types)
+        prepared = prepare_clients(
+            [], fed.eval_clients, self.user_types, cfg.model, cfg.cache_dir, self.device
+        )
+        self.model = build_model(cfg, prepared, len(self.user_types), self.device)
+        self.optimizer = ServerOptimizer(
+            self.model, cfg.train.server_optimizer, cfg.train.server_learning_rate
+        )
+        self.eval_clients = prepared.eval
+        self._spec: dict[str, tuple[tuple[int, ...], str]] | None = None
+        self.eval_episodes = EvalEpisodes.build(
+            prepared.eval, cfg.train.context_size, cfg.train.seed + 1
+        )
+
+    def tau(self, round_index: int) -> float:
+        c = self.cfg
+        return tau_schedule(round_index, c.train.rounds, c.objective.tau_start, c.objective.tau_end)
+
+    def update_spec(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        """name -> (shape, dtype) of a client's update (for the secure-aggregation layout).
+
+        Derived by running the learner's own ``client_update`` on an evaluation user (public to
+        the server), so the layout follows the learner when its update gains a statistic.
+        """
+        if self._spec is None:
+            rng = np.random.default_rng(0)
+            stats = client_prior_statistics(
+                self.model, self.eval_clients[0], self.cfg, rng, self.device
+            )
+            trainable = {k: v.detach().clone() for k, v in self.model.trainable_state().items()}
+            update = client_update(trainable, self.model, 1.0, stats)
+            self._spec = {
+                k: (tuple(np.shape(v)), np.asarray(v).dtype.newbyteorder("<").str)
+                for k, v in update.items()
+            }
+        return dict(self._spec)
+
+    def apply(self, sums: Update) -> None:
+        """One server step from the SUMS only; rebuilds the prior."""
+        apply_sums(self.model, sums, self.cfg.objective.variance_floor, self.optimizer)
+
+    def quick_metrics(self) -> dict[str, float]:
+        acc = evaluate(self.model, self.eval_episodes, self.user_types, self.device, full=False)
+        return {
+            "eval_accuracy": float(acc["accuracy"]["overall"]),
+            "eval_conflicting": float(acc["accuracy"]["conflicting"]),
+        }
+
+    def final_report(self) -> dict[str, Any]:
+        return evaluate(self.model, self.eval_episodes, self.user_types, self.device, full=True)
+
+    def save_optimizer(self, path: Path) -> None:
+        opt = self.optimizer.optimizer
+        torch.save({} if opt is None else opt.state_dict(), path)
+
+    def load_optimizer(self, path: Path) -> None:
+        opt = self.optimizer.optimizer
+        if opt is not None and path.exists():
+            opt.load_state_dict(torch.load(path, weights_only=True))

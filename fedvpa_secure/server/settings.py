@@ -1,0 +1,208 @@
+"""``server.toml`` -> frozen, validated settings; the experiment config from/to plain dicts.
+
+Example ``server.toml``::
+
+    address = "127.0.0.1:50051"
+    run_dir = "runs/fed"          # report, ledger, checkpoints (checkpoint_dir overrides)
+    registry = "certs/registry.json"
+    [tls]
+    cert = "certs/server.pem"
+    key = "certs/server.key"
+    ca = "certs/ca.pem"
+    [rounds]
+    rounds = 2
+    clients_per_round = 3
+    min_survivors = 3             # SecAgg min_clients: never below 3
+    threshold = 0                 # 0: the secagg default for the round size
+    hardened = true
+    secure = true
+    train_deadline_s = 300        # stage 0 includes local training
+    stage_deadline_s = 60
+    join_timeout_s = 600
+    max_attempts = 3
+    [dp]                          # user-level budget of the server's ledger
+    epsilon_max = 8.0
+    delta = 1e-5
+    [quantization]
+    delta_clip = 256.0
+    prior_clip = 65536.0
+    [experiment]                  # ExperimentConfig fields (method, model.*, train.*, data.*)
+    method = "fedvpa-gp"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from fedvpa_secure.config import ExperimentConfig
+from fedvpa_secure.errors import ConfigError
+
+MIB = 1024 * 1024
+
+
+def _dataclass_in(hint: object) -> type | None:
+    """The dataclass type in a hint like ``X`` or ``X | None``, else ``None``."""
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        return hint
+    for arg in typing.get_args(hint):
+        if isinstance(arg, type) and dataclasses.is_dataclass(arg):
+            return arg
+    return None
+
+
+def _dataclass_from_dict(cls: type, data: Mapping[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        hint = _dataclass_in(hints.get(name))
+        if hint is not None and isinstance(value, Mapping):
+            kwargs[name] = _dataclass_from_dict(hint, value, f"{where}.{name}")  # type: ignore[arg-type]
+        elif isinstance(value, list):
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        raise ConfigError(f"{where}: {err}") from err
+
+
+def experiment_from_dict(data: Mapping[str, Any]) -> ExperimentConfig:
+    """Rebuild an :class:`ExperimentConfig` (nested dicts, lists as tuples); validates it."""
+    return _dataclass_from_dict(ExperimentConfig, data, "experiment")
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    cert: Path
+    key: Path
+    ca: Path
+
+
+@dataclass(frozen=True)
+class RoundSettings:
+    """How rounds run. Deadlines in seconds; ``threshold`` 0 means the secagg default."""
+
+    rounds: int = 2
+    clients_per_round: int = 3
+    min_survivors: int = 3
+    threshold: int = 0
+    hardened: bool = True
+    secure: bool = True
+    train_deadline_s: float = 300.0
+    stage_deadline_s: float = 60.0
+    liveness_s: float = 5.0
+    join_timeout_s: float = 600.0
+    max_attempts: int = 3
+    alternate_plain: bool = False  # benchmarks only: every other round in the clear
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1:
+            raise ConfigError(f"rounds.rounds={self.rounds} is invalid: expected >= 1")
+        if self.min_survivors < 3:
+            raise ConfigError(
+                f"rounds.min_survivors={self.min_survivors} is invalid: expected >= 3 "
+                "(a sum of two updates reveals each to the other)"
+            )
+        if self.clients_per_round < self.min_survivors:
+            raise ConfigError(
+                f"rounds.clients_per_round={self.clients_per_round} is invalid: expected >= "
+                f"min_survivors={self.min_survivors}"
+            )
+        for name in ("train_deadline_s", "stage_deadline_s", "liveness_s", "join_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"rounds.{name}={getattr(self, name)} is invalid: expected > 0")
+        if self.max_attempts < 1:
+            raise ConfigError(f"rounds.max_attempts={self.max_attempts} is invalid: expected >= 1")
+
+
+@dataclass(frozen=True)
+class DpSettings:
+    """The server's user-level budget (its ledger's genesis)."""
+
+    epsilon_max: float = 8.0
+    delta: float = 1e-5
+    accountant: str = "rdp"
+
+
+@dataclass(frozen=True)
+class QuantSettings:
+    """Per-group clips for secure aggregation (weighted deltas and prior statistics)."""
+
+    delta_clip: float = 256.0
+    prior_clip: float = 65536.0
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Everything ``fedvpa-secure server`` needs."""
+
+    address: str
+    run_dir: Path
+    registry: Path
+    tls: TlsFiles
+    rounds: RoundSettings = field(default_factory=RoundSettings)
+    dp: DpSettings = field(default_factory=DpSettings)
+    quantization: QuantSettings = field(default_factory=QuantSettings)
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+    checkpoint_dir: Path | None = None
+    max_message_mb: int = 64
+    run_id: str = "fedvpa-run"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.checkpoint_dir or self.run_dir / "checkpoints"
+
+    @property
+    def max_message_bytes(self) -> int:
+        return self.max_message_mb * MIB
+
+
+def load_server_settings(path: str | Path) -> ServerSettings:
+    """Read and validate ``server.toml`` (relative paths are relative to the file)."""
+    p = Path(path)
+    try:
+        raw = tomllib.loads(p.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as err:
+        raise ConfigError(f"server config {str(p)!r} cannot be read: {err}") from err
+    base = p.resolve().parent
+
+    def rel(value: object, key: str) -> Path:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{key} must be a path string in {p}")
+        q = Path(value)
+        return q if q.is_absolute() else base / q
+
+    tls = raw.get("tls", {})
+    return ServerSettings(
+        address=str(raw.get("address", "127.0.0.1:50051")),
+        run_dir=rel(raw.get("run_dir", "run"), "run_dir"),
+        registry=rel(raw.get("registry"), "registry"),
+        tls=TlsFiles(
+            rel(tls.get("cert"), "tls.cert"),
+            rel(tls.get("key"), "tls.key"),
+            rel(tls.get("ca"), "tls.ca"),
+        ),
+        rounds=_dataclass_from_dict(RoundSettings, raw.get("rounds", {}), "rounds"),
+        dp=_dataclass_from_dict(DpSettings, raw.get("dp", {}), "dp"),
+        quantization=_dataclass_from_dict(
+            QuantSettings, raw.get("quantization", {}), "quantization"
+        ),
+        experiment=experiment_from_dict(raw.get("experiment", {})),
+        checkpoint_dir=rel(raw["checkpoint_dir"], "checkpoint_dir")
+        if "checkpoint_dir" in raw
+        else None,
+        max_message_mb=int(raw.get("max_message_mb", 64)),
+        run_id=str(raw.get("run_id", "fedvpa-run")),
+    )

@@ -1,0 +1,125 @@
+"""Helpers for the gRPC tests: certificates, a coordinator with a toy learner, client threads."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedvpa_secure.client.runtime import FederatedClient
+from fedvpa_secure.client.settings import ClientSettings
+from fedvpa_secure.config import ExperimentConfig
+from fedvpa_secure.server.coordinator import Coordinator, Hooks
+from fedvpa_secure.server.serve import start_grpc
+from fedvpa_secure.server.settings import QuantSettings, RoundSettings, TlsFiles
+from fedvpa_secure.transport.pki import client_files, load_registry, make_federation
+
+DIM = 8
+SPEC = {
+    "delta/w": ((DIM,), "<f4"),
+    "prior/n": ((2,), "<f8"),
+    "prior/v": ((2,), "<f8"),
+    "weight": ((1,), "<f8"),
+}
+
+
+class ToyLearner:
+    """A client learner whose update is a known function of (client index, model)."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.cfg = ExperimentConfig()
+
+    def state_spec(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        return {"w": ((DIM,), "<f4")}
+
+    def train_round(self, global_state: dict, tau: float, model_version: str) -> dict:
+        w = global_state["w"]
+        return {
+            "delta/w": (np.full(DIM, self.index + 1, np.float32) - w).astype(np.float32),
+            "prior/n": np.array([1.0, 2.0]),
+            "prior/v": np.array([0.5, 0.25]),
+            "weight": np.array([1.0]),
+        }
+
+
+@dataclass
+class ToyServer:
+    """The coordinator's learner side: w <- w + sum(delta)/sum(weight)."""
+
+    w: np.ndarray = field(default_factory=lambda: np.zeros(DIM, np.float32))
+    sums: list[dict[str, np.ndarray]] = field(default_factory=list)
+
+    def hooks(self) -> Hooks:
+        def apply(round_index: int, sums: dict, outcome: Any) -> None:
+            self.sums.append(sums)
+            self.w = (self.w + sums["delta/w"] / sums["weight"][0]).astype(np.float32)
+
+        return Hooks(
+            global_state=lambda: {"w": self.w.copy()},
+            update_spec=lambda: dict(SPEC),
+            tau=lambda r: 1.0,
+            apply_sums=apply,
+            persist_attempt=lambda r, a: None,
+        )
+
+
+def make_certs(root: Path, n: int) -> tuple[Path, list[str]]:
+    ids = [f"c{i:03d}" for i in range(n)]
+    make_federation(root, ids)
+    return root, ids
+
+
+def client_settings(certs: Path, cid: str, state: Path) -> ClientSettings:
+    f = client_files(certs, cid)
+    return ClientSettings(
+        cert=f.cert,
+        key=f.key,
+        ca=f.ca,
+        identity=f.identity,
+        registry=certs / "registry.json",
+        state_dir=state / cid,
+        poll_wait_s=0.5,
+        reconnect_s=10.0,
+    )
+
+
+def start_toy_server(certs: Path, rounds: RoundSettings, toy: ToyServer, max_upload: int = 1 << 20):
+    """A coordinator (not yet running) behind a real mTLS gRPC server on 127.0.0.1:0."""
+    coordinator = Coordinator(
+        registry=load_registry(certs / "registry.json"),
+        rounds=rounds,
+        quant=QuantSettings(delta_clip=16.0, prior_clip=16.0),
+        hooks=toy.hooks(),
+    )
+    server, port = start_grpc(
+        coordinator,
+        address="127.0.0.1:0",
+        tls_files=TlsFiles(certs / "server.pem", certs / "server.key", certs / "ca.pem"),
+        experiment=ExperimentConfig().to_dict(),
+        run_id="toy",
+        secure=rounds.secure,
+        max_upload_bytes=max_upload,
+    )
+    return coordinator, server, port
+
+
+def run_clients(
+    certs: Path, ids: list[str], port: int, state: Path
+) -> tuple[list[threading.Thread], list[FederatedClient]]:
+    clients = [
+        FederatedClient(
+            f"127.0.0.1:{port}",
+            cid,
+            client_settings(certs, cid, state),
+            learner=ToyLearner(int(cid[1:])),
+        )
+        for cid in ids
+    ]
+    threads = [threading.Thread(target=c.run, daemon=True) for c in clients]
+    for t in threads:
+        t.start()
+    return threads, clients
