@@ -13,6 +13,8 @@ Modules, one job each:
 * :mod:`privacy.noise` - exact discrete Gaussian and Skellam samplers (CSPRNG).
 * :mod:`privacy.discrete_bounds` - Gaussian-equivalent bounds for integer noise.
 * :mod:`privacy.distributed` - user-level distributed DP: calibration, accounting, clipping.
+* :mod:`privacy.mia` - membership inference: loss threshold, offline LiRA, exact ROC, AUC +- SE.
+* :mod:`privacy.one_run_audit` - one-run epsilon lower bound (Steinke et al. 2023), CP check.
 """
 
 from privacy.accountants import (
@@ -42,10 +44,27 @@ from privacy.events import (
     event_from_json,
 )
 from privacy.ledger import Ledger, LedgerEntry, find_ledgers
+from privacy.mia import (
+    AttackResult,
+    RocCurve,
+    auc_score,
+    auc_standard_error,
+    evaluate_attack,
+    lira_offline_scores,
+    loss_threshold_scores,
+    roc_curve,
+)
+from privacy.one_run_audit import (
+    OneRunAudit,
+    ThresholdCheck,
+    check_dp_thresholds,
+    epsilon_lower_bound,
+)
 
 __all__ = [
     "ACCOUNTANTS",
     "Accountant",
+    "AttackResult",
     "BudgetExceeded",
     "BudgetPolicy",
     "CalibrationError",
@@ -57,15 +76,26 @@ __all__ = [
     "LedgerConfigError",
     "LedgerEntry",
     "LedgerIntegrityError",
+    "OneRunAudit",
     "PersistentAccountant",
     "PrivacyError",
     "PrivacyEvent",
+    "RocCurve",
     "SampledGaussianEvent",
+    "ThresholdCheck",
     "UnsupportedEventError",
+    "auc_score",
+    "auc_standard_error",
     "calibrate_noise_multiplier",
+    "check_dp_thresholds",
     "compute_epsilon",
+    "epsilon_lower_bound",
+    "evaluate_attack",
     "event_from_dict",
     "event_from_json",
     "find_ledgers",
+    "lira_offline_scores",
+    "loss_threshold_scores",
     "make_accountant",
+    "roc_curve",
 ]

@@ -7,6 +7,12 @@ budget of each genesis entry. This front end prints a rich table per ledger, wri
 ``eps_per_round.png`` (next to the ledger, in the run directory, or in ``--out``) and exits with
 status 1 naming the file and entry of every finding; 0 when everything verifies. Unreadable input
 (a path that does not exist, a directory without ledgers) is a usage error, exit status 2.
+
+``fedvpa-secure audit --empirical --canaries M [--level record|user] [--dp/--no-dp] --out DIR``
+is the empirical audit instead (PRIVACY.md section 5, :mod:`fedvpa_secure.commands.empirical`):
+it trains with canaries, attacks, runs the one-run audit and its controls, writes
+DIR/audit.json and DIR/roc.png, and exits 1 when a control fails or a DP run's audit
+contradicts its accountant.
 """
 
 from __future__ import annotations
@@ -35,7 +41,14 @@ def register(subparsers: Any) -> None:
             "(recomputed with the recorded and an independent accountant) and budgets."
         ),
     )
-    parser.add_argument("path", type=Path, metavar="PATH", help="a ledger file or a run directory")
+    parser.add_argument(
+        "path",
+        type=Path,
+        metavar="PATH",
+        nargs="?",
+        default=None,
+        help="a ledger file or a run directory (not with --empirical)",
+    )
     parser.add_argument(
         "--out",
         type=Path,
@@ -57,16 +70,27 @@ def register(subparsers: Any) -> None:
         help="cross-check every K-th entry with the independent accountant (default 1)",
     )
     parser.add_argument("--no-plot", action="store_true", help=f"do not write {PLOT_NAME}")
+    from fedvpa_secure.commands.empirical import add_arguments
+
+    add_arguments(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Audit ``args.path``; return 0 if it verifies, 1 otherwise."""
+    if getattr(args, "empirical", False):
+        from fedvpa_secure.commands.empirical import run_empirical
+
+        return run_empirical(args)
     from privacy.audit import audit_path
     from privacy.errors import PrivacyError
     from privacy.ledger import find_ledgers
 
-    path: Path = args.path
+    path: Path | None = args.path
+    if path is None:
+        raise DataError(
+            "audit needs PATH (a *.ledger.jsonl file or a run directory), or --empirical"
+        )
     if not path.exists():
         raise DataError(f"{path} does not exist; pass a *.ledger.jsonl file or a run directory")
     if args.check_every < 1:
