@@ -19,8 +19,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
+# The main job: certificates, a server and client processes on loopback, secure aggregation,
+# HH-RLHF (protocol p3) when the data is there (synthetic otherwise), report + plots in RUN_OUT.
 run: venv
-	HF_HUB_OFFLINE=1 $(VENV)/bin/fedvpa-secure experiment --out $(RUN_OUT)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/fedvpa-secure simulate \
+		$(if $(HH_RLHF_DIR),--protocol p3 --data $(HH_RLHF_DIR),--protocol synthetic) \
+		--out $(RUN_OUT)
+	$(VENV)/bin/fedvpa-secure audit $(RUN_OUT)
 
 test: venv
 	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)

@@ -42,6 +42,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--server-optimizer", choices=("avg", "adam"), default=None)
     p.add_argument("--plain", action="store_true", help="no secure aggregation (baseline only)")
+    p.add_argument(
+        "--dp-epsilon",
+        type=float,
+        default=8.0,
+        help="record-level DP-SGD target epsilon per client over the run (0: no DP)",
+    )
+    p.add_argument("--dp-delta", type=float, default=1e-5)
     p.add_argument("--stage-deadline", type=float, default=30.0)
     p.add_argument("--timeout", type=float, default=3600.0, help="give up after this many seconds")
     p.add_argument("--cache-dir", default=".cache/embeddings")
@@ -108,6 +115,8 @@ def prepare_run(args: argparse.Namespace) -> tuple[Path, list[str], dict[str, Pa
             "eval_pairs_per_client": args.pairs_per_client,
         },
     }
+    if args.dp_epsilon:
+        experiment["dp"] = {"target_epsilon": args.dp_epsilon, "delta": args.dp_delta}
     cfg = experiment_from_dict(experiment)
     fed = load_run_data(cfg)
     shards = write_client_shards(fed.train_clients, out / "data", ids)
@@ -134,7 +143,7 @@ def prepare_run(args: argparse.Namespace) -> tuple[Path, list[str], dict[str, Pa
         },
         "experiment": {k: v for k, v in experiment.items() if not isinstance(v, dict)},
     }
-    for section in ("model", "train", "data", "objective"):
+    for section in ("model", "train", "data", "objective", "dp"):
         if section in experiment:
             tables[f"experiment.{section}"] = experiment[section]  # type: ignore[assignment]
     server_toml = write_toml(out / "server.toml", tables)

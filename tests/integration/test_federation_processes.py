@@ -62,6 +62,8 @@ def _args(out: Path, cache: Path, clients: int, rounds: int, **kw) -> argparse.N
         stage_deadline=20.0,
         timeout=240.0,
         cache_dir=str(cache),
+        dp_epsilon=0.0,  # these tests check the secure-aggregation math; DP has its own tests
+        dp_delta=1e-5,
     )
     ns.update(kw)
     return argparse.Namespace(**ns)
@@ -170,6 +172,8 @@ def test_simulate_three_clients_then_audit(tmp_path: Path, capsys) -> None:
             *TINY,
             "--cache-dir",
             str(tmp_path / "cache"),
+            "--dp-epsilon",
+            "0",  # equality with the in-process plain-sum run below needs no DP noise
         ],
         env=ENV,
         timeout=240,
