@@ -19,10 +19,11 @@ import numpy as np
 import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from fedvpa_secure.atomic_json import write_json_atomic
 from fedvpa_secure.errors import ConfigError
 from fedvpa_secure.proto import federation_pb2_grpc as pb_grpc
 from fedvpa_secure.server import privacy_hook
-from fedvpa_secure.server.checkpoint import CheckpointStore, write_json_atomic
+from fedvpa_secure.server.checkpoint import CheckpointStore
 from fedvpa_secure.server.coordinator import Coordinator, Hooks, RoundOutcome, outcome_dict
 from fedvpa_secure.server.learner import ServerLearner, state_arrays
 from fedvpa_secure.server.servicer import FederationServicer
@@ -191,7 +192,7 @@ class ServerRun:
                 f"{cfg.method} (secure federation)",
             ).name
         report["plots"] = plots
-        write_json_atomic(self.run_dir / "report.json", _clean(report))
+        write_json_atomic(self.run_dir / "report.json", report)
         return report
 
 
@@ -233,16 +234,6 @@ def start_grpc(
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return server, port
-
-
-def _clean(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_clean(v) for v in x]
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
 
 
 def _save_adapter(learner: ServerLearner, folder: Path) -> None:

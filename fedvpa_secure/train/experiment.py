@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import math
-import os
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from fedvpa_secure.atomic_json import write_json_atomic
 from fedvpa_secure.config import ExperimentConfig
 from fedvpa_secure.data.types import FederatedData
 from fedvpa_secure.model.backbone import pick_device
@@ -40,32 +37,6 @@ def build_model(
         seed=cfg.train.seed,
     )
     return model.to(device)
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    """Write JSON via a temporary file and ``os.replace``: a reader never sees half a report."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(_clean(payload), handle, indent=2, sort_keys=False)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _clean(x):
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_clean(v) for v in x]
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
 
 
 def privacy_report(history: History, aggregate: Aggregator) -> dict:
