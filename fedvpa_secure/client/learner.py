@@ -8,6 +8,7 @@ trains with fresh randomness: two sums over the same updates would reveal their 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +105,11 @@ class ClientLearner:
         torch.manual_seed(seed)
         rng = np.random.default_rng(seed)
         state = {k: torch.from_numpy(v).to(self.device) for k, v in global_state.items()}
+        # the per-round loss weights and prior warm-up, exactly as the in-process federation
+        round_index = int(model_version.split(".")[0])
+        cfg = replace(
+            self.cfg, objective=self.cfg.objective.at_round(round_index, self.cfg.train.rounds)
+        )
         if self.accountant is not None and self.noise_multiplier is not None:
             from fedvpa_secure.train.dp_round import dp_client_round
 
@@ -113,16 +119,16 @@ class ClientLearner:
                 state,
                 self.tensors,
                 self.state,
-                self.cfg,
+                cfg,
                 tau,
                 rng,
                 self.device,
                 self.accountant,
-                int(model_version.split(".")[0]) + 1,
+                round_index + 1,
                 self.noise_multiplier,
             )
             return update
         update, _result = client_round(
-            self.model, state, self.tensors, self.state, self.cfg, tau, rng, self.device
+            self.model, state, self.tensors, self.state, cfg, tau, rng, self.device
         )
         return update

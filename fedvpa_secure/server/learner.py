@@ -2,7 +2,7 @@
 
 The server never sees an individual update: :meth:`ServerLearner.apply` takes only the sums
 (from secure aggregation or, in plain mode, :func:`plain_sum`) and calls the learner's
-:func:`apply_sums`, which also rebuilds the mixture prior from the summed statistics.
+:func:`server_step`, which also rebuilds the mixture prior from the summed statistics.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 from fedvpa_secure.config import ExperimentConfig
 from fedvpa_secure.model.backbone import pick_device
 from fedvpa_secure.model.prior import tau_schedule
-from fedvpa_secure.train.aggregation import ServerOptimizer, Update, apply_sums, client_update
+from fedvpa_secure.train.aggregation import ServerOptimizer, Update, client_update, server_step
 from fedvpa_secure.train.data_setup import load_federated_data
 from fedvpa_secure.train.evaluate import EvalEpisodes, evaluate
 from fedvpa_secure.train.experiment import build_model
@@ -98,9 +98,10 @@ class ServerLearner:
             }
         return dict(self._spec)
 
-    def apply(self, sums: Update) -> None:
-        """One server step from the SUMS only; rebuilds the prior."""
-        apply_sums(self.model, sums, self.cfg.objective.variance_floor, self.optimizer)
+    def apply(self, sums: Update, round_index: int) -> None:
+        """One server step from the SUMS only: the learner's own ``server_step`` (global step,
+        prior rebuilt from the summed statistics, prototype re-seeding when the warm-up ends)."""
+        server_step(self.model, sums, self.optimizer, self.cfg, round_index)
 
     def quick_metrics(self) -> dict[str, float]:
         acc = evaluate(self.model, self.eval_episodes, self.user_types, self.device, full=False)

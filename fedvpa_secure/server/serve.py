@@ -96,7 +96,7 @@ class ServerRun:
     def _apply(self, round_index: int, sums: dict[str, np.ndarray], outcome: RoundOutcome) -> None:
         # the ledger first: a release over budget must not change the model
         privacy_hook.record_round(self.ledger, self.settings, round_index, outcome)
-        self.learner.apply(sums)
+        self.learner.apply(sums, round_index)
         metrics = self.learner.quick_metrics()
         weights = state_arrays(self.learner.model)
 

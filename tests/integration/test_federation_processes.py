@@ -207,7 +207,7 @@ def _assert_equals_in_process(out: Path, ids: list[str], rounds: int) -> None:
         state = state_arrays(server.model)
         version = f"{r}.{r}"  # no failed attempts: round r is attempt r
         updates = [c.train_round(state, server.tau(r), version) for c in clients]
-        server.apply(plain_sum(updates))
+        server.apply(plain_sum(updates), r)
     reference = state_arrays(server.model)
     assert set(reference) == set(secure)
     # Quantisation: deltas (clip 256, 3 clients) carry 21 fractional bits (~5e-7 per
