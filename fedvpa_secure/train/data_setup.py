@@ -33,6 +33,9 @@ def load_federated_data(
     seed: int,
 ) -> tuple[FederatedData, DataConfig]:
     """Resolve and load the data, then split it into training and unseen evaluation users."""
+    if protocol_flag == "synthetic" and not data_flag:
+        # the synthetic protocol reads no files: HH_RLHF_DIR or the hub must not be consulted
+        data_flag = "synthetic"
     source, _description = resolve_source(
         data_flag, max_pairs_per_subset=data_cfg_kwargs.get("max_pairs_per_subset")
     )

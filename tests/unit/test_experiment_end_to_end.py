@@ -122,3 +122,18 @@ def test_bad_type_mix_is_a_clear_error(tmp_path, capsys):
     )
     assert code == 2
     assert "type_mix" in capsys.readouterr().err
+
+
+def test_synthetic_protocol_ignores_hh_rlhf_dir(monkeypatch):
+    from fedvpa_secure.train.data_setup import load_federated_data
+
+    monkeypatch.setenv("HH_RLHF_DIR", "/nonexistent/hh-rlhf")
+    kwargs = {
+        "n_clients": 2,
+        "n_eval_clients": 2,
+        "pairs_per_client": 8,
+        "eval_pairs_per_client": 8,
+        "type_mix": (0.5, 0.5),
+    }
+    data, cfg = load_federated_data(None, "synthetic", kwargs, 0)
+    assert cfg.protocol == "synthetic" and data.protocol == "synthetic"
