@@ -90,6 +90,12 @@ def client_prior_statistics(
     return {"n": n_k, "v": v_k, "m1": m1, "m2": m2}
 
 
+def _mean_of_finite(values: Sequence[float]) -> float:
+    """Mean of the non-NaN values; NaN when none (e.g. no pull term during the warm-up)."""
+    finite = [v for v in values if not np.isnan(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
 def client_round(
     local_model: PreferenceModel,
     global_state: dict[str, torch.Tensor],
@@ -193,12 +199,8 @@ def run_federation(
             tau=tau,
             loss=float(np.mean([lg.mean("loss") for lg in logs])),
             bt=float(np.mean([lg.mean("bt") for lg in logs])),
-            kl=float(np.nanmean([lg.mean("kl") for lg in logs]))
-            if model.spec.latent
-            else float("nan"),
-            pull=float(np.nanmean([lg.mean("pull") for lg in logs]))
-            if model.spec.ortho_pull
-            else float("nan"),
+            kl=_mean_of_finite([lg.mean("kl") for lg in logs]),
+            pull=_mean_of_finite([lg.mean("pull") for lg in logs]),
             eval_accuracy=metrics["overall"],
             eval_conflicting=metrics["conflicting"],
             clients=len(chosen),

@@ -43,8 +43,8 @@ class LocalResult:
     steps: list[StepLog] = field(default_factory=list)
 
     def mean(self, name: str) -> float:
-        vals = [getattr(s, name) for s in self.steps]
-        return float(np.nanmean(vals)) if vals else float("nan")
+        vals = [v for v in (getattr(s, name) for s in self.steps) if not np.isnan(v)]
+        return float(np.mean(vals)) if vals else float("nan")
 
 
 def sample_episodes(

@@ -38,7 +38,10 @@ def plot_latent_grid(
     plt = _pyplot()
     cols = min(4, len(picks))
     rows = int(np.ceil(len(picks) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), squeeze=False)
+    # shared axes: separation that only per-panel autoscaling would show is not separation
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(3.2 * cols, 3.0 * rows), squeeze=False, sharex=True, sharey=True
+    )
     types_a = np.asarray(types)
     for ax, r in zip(axes.flat, picks, strict=False):
         xy = (np.asarray(latents[r]) - mean) @ basis
