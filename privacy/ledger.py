@@ -114,7 +114,7 @@ def entry_hash(obj: Mapping[str, Any]) -> str:
 
 
 def _utc_now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds")
 
 
 def _time_text(now: _dt.datetime | str | None) -> str:
@@ -123,7 +123,7 @@ def _time_text(now: _dt.datetime | str | None) -> str:
     if isinstance(now, _dt.datetime):
         if now.tzinfo is None:
             raise InvalidParameterError("time must be timezone-aware (UTC)")
-        return now.astimezone(_dt.timezone.utc).isoformat(timespec="microseconds")
+        return now.astimezone(_dt.UTC).isoformat(timespec="microseconds")
     return str(now)
 
 

@@ -20,9 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import tomllib
-
-from fedvpa_secure.errors import ConfigError
+from fedvpa_secure.toml_config import read_toml
 
 
 @dataclass(frozen=True)
@@ -44,18 +42,7 @@ class ClientSettings:
 
 def load_client_settings(path: str | Path) -> ClientSettings:
     """Read ``client.toml`` (relative paths are relative to the file)."""
-    p = Path(path)
-    try:
-        raw = tomllib.loads(p.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as err:
-        raise ConfigError(f"client config {str(p)!r} cannot be read: {err}") from err
-    base = p.resolve().parent
-
-    def rel(value: object, key: str) -> Path:
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"{key} must be a path string in {p}")
-        q = Path(value)
-        return q if q.is_absolute() else base / q
+    raw, rel = read_toml(path, "client config")
 
     tls = raw.get("tls", {})
     dp = raw.get("dp", {})

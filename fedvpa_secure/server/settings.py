@@ -39,10 +39,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
 from fedvpa_secure.config import ExperimentConfig
 from fedvpa_secure.errors import ConfigError
+from fedvpa_secure.toml_config import read_toml
 
 MIB = 1024 * 1024
 
@@ -171,18 +170,7 @@ class ServerSettings:
 
 def load_server_settings(path: str | Path) -> ServerSettings:
     """Read and validate ``server.toml`` (relative paths are relative to the file)."""
-    p = Path(path)
-    try:
-        raw = tomllib.loads(p.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as err:
-        raise ConfigError(f"server config {str(p)!r} cannot be read: {err}") from err
-    base = p.resolve().parent
-
-    def rel(value: object, key: str) -> Path:
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"{key} must be a path string in {p}")
-        q = Path(value)
-        return q if q.is_absolute() else base / q
+    raw, rel = read_toml(path, "server config")
 
     tls = raw.get("tls", {})
     return ServerSettings(

@@ -1,0 +1,35 @@
+"""Reading the server's and clients' TOML files the same way.
+
+Relative paths in a config file are relative to that file, not to the working directory, so a
+run folder can be moved or started from anywhere.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fedvpa_secure.errors import ConfigError
+
+
+def read_toml(path: str | Path, what: str) -> tuple[dict[str, Any], Callable[[object, str], Path]]:
+    """Parse ``path``; returns the table and a resolver for path values found in it.
+
+    ``what`` names the file in errors ("server config", "client config").
+    """
+    p = Path(path)
+    try:
+        raw = tomllib.loads(p.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as err:
+        raise ConfigError(f"{what} {str(p)!r} cannot be read: {err}") from err
+    base = p.resolve().parent
+
+    def rel(value: object, key: str) -> Path:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{key} must be a path string in {p}")
+        q = Path(value)
+        return q if q.is_absolute() else base / q
+
+    return raw, rel
