@@ -46,6 +46,7 @@ from fedvpa_secure.train.local import (
     ClientState,
     LocalResult,
     StepLog,
+    local_optimizer,
     prior_context,
     sample_episodes,
 )
@@ -224,17 +225,6 @@ def engine_function(engine: str):
     raise ConfigError(f"engine={engine!r} is unknown: choose vmap, hooks or loop")
 
 
-def _optimizer(model: PreferenceModel, cfg: ExperimentConfig) -> torch.optim.Optimizer:
-    head = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n]
-    lora = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]
-    groups = [{"params": head, "lr": cfg.train.learning_rate}]
-    if lora:
-        groups.append({"params": lora, "lr": cfg.train.lora_learning_rate})
-    if cfg.train.local_optimizer == "sgd":
-        return torch.optim.SGD(groups, weight_decay=cfg.train.weight_decay)
-    return torch.optim.Adam(groups, weight_decay=cfg.train.weight_decay)
-
-
 @dataclass
 class DPLocalResult(LocalResult):
     """A local result plus what the accountant needs."""
@@ -271,7 +261,7 @@ def train_local_dp(
     model.train()
     generator = torch.Generator().manual_seed(int(rng.integers(2**31)))
     names = [n for n, p in model.named_parameters() if p.requires_grad]
-    optimizer = _optimizer(model, cfg)
+    optimizer = local_optimizer(model, cfg)
     q = sample_rate(clients, cfg)
     n_episodes = sum(
         episode_sizes(c.n_pairs, cfg.train.context_size, cfg.train.query_size)[2] for c in clients

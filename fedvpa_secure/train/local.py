@@ -103,6 +103,18 @@ def compute_loss(
     )
 
 
+def local_optimizer(model: PreferenceModel, cfg: ExperimentConfig) -> torch.optim.Optimizer:
+    """The client's optimiser: heads at ``learning_rate``, LoRA adapters at their own rate."""
+    head = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n]
+    lora = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]
+    groups = [{"params": head, "lr": cfg.train.learning_rate}]
+    if lora:
+        groups.append({"params": lora, "lr": cfg.train.lora_learning_rate})
+    if cfg.train.local_optimizer == "sgd":
+        return torch.optim.SGD(groups, weight_decay=cfg.train.weight_decay)
+    return torch.optim.Adam(groups, weight_decay=cfg.train.weight_decay)
+
+
 def train_local(
     model: PreferenceModel,
     clients: Sequence[ClientTensors],
@@ -117,17 +129,9 @@ def train_local(
     model.train()
     generator = torch.Generator().manual_seed(int(rng.integers(2**31)))
     params = [p for p in model.parameters() if p.requires_grad]
-    head_params = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n]
-    lora_params = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]
-    groups = [{"params": head_params, "lr": cfg.train.learning_rate}]
-    if lora_params:
-        groups.append({"params": lora_params, "lr": cfg.train.lora_learning_rate})
     alpha_opt = None
     result = LocalResult()
-    if cfg.train.local_optimizer == "sgd":
-        optimizer = torch.optim.SGD(groups, weight_decay=cfg.train.weight_decay)
-    else:
-        optimizer = torch.optim.Adam(groups, weight_decay=cfg.train.weight_decay)
+    optimizer = local_optimizer(model, cfg)
     for _ in range(steps):
         items = sample_episodes(
             clients, cfg.train.context_size, cfg.train.query_size, cfg.train.episodes_per_step, rng
