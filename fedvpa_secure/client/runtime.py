@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 
 from fedvpa_secure.client.settings import ClientSettings
+from fedvpa_secure.client.user_dp import check_share, noisy_layout, privatize
 from fedvpa_secure.errors import AbortRound, FedVPAError, ProtocolError
 from fedvpa_secure.proto import federation_pb2 as pb
 from fedvpa_secure.proto import federation_pb2_grpc as pb_grpc
@@ -261,9 +262,23 @@ class FederatedClient:
             self.rounds_done += 1
             return
         config = config_from_json(task.secagg_config_json)
+        user_dp = task.user_dp if task.HasField("user_dp") else None
+        if user_dp is not None:  # user-level DP: clip the whole update, noise before masking
+            check_share(user_dp, task.round_id)
+            update = privatize(update, user_dp)
         tensors, extras, weight = split_update(update)
         spec = serde.spec_of({**tensors, **extras})
         layout = layout_for(spec, config)
+        if user_dp is not None:
+            layout = noisy_layout(layout, user_dp)
+            log.info(
+                "client %s: round %s clipped to %g, %s noise share sigma %.4g before masking",
+                self.client_id,
+                task.round_id,
+                user_dp.clip_norm,
+                user_dp.noise,
+                user_dp.local_sigma,
+            )
         self._session = ClientSession(
             self.client_id,
             self.identity,

@@ -137,7 +137,7 @@ class PollRequest(_message.Message):
     def __init__(self, client_id: _Optional[str] = ..., wait_s: _Optional[float] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("kind", "round_id", "model_version", "model_hash", "round_index", "tau", "secure", "payload", "reason", "secagg_config_json")
+    __slots__ = ("kind", "round_id", "model_version", "model_hash", "round_index", "tau", "secure", "payload", "reason", "secagg_config_json", "user_dp")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         KIND_UNSPECIFIED: _ClassVar[Task.Kind]
@@ -162,6 +162,7 @@ class Task(_message.Message):
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     SECAGG_CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
+    USER_DP_FIELD_NUMBER: _ClassVar[int]
     kind: Task.Kind
     round_id: str
     model_version: str
@@ -172,7 +173,22 @@ class Task(_message.Message):
     payload: bytes
     reason: str
     secagg_config_json: str
-    def __init__(self, kind: _Optional[_Union[Task.Kind, str]] = ..., round_id: _Optional[str] = ..., model_version: _Optional[str] = ..., model_hash: _Optional[str] = ..., round_index: _Optional[int] = ..., tau: _Optional[float] = ..., secure: _Optional[bool] = ..., payload: _Optional[bytes] = ..., reason: _Optional[str] = ..., secagg_config_json: _Optional[str] = ...) -> None: ...
+    user_dp: UserDpShare
+    def __init__(self, kind: _Optional[_Union[Task.Kind, str]] = ..., round_id: _Optional[str] = ..., model_version: _Optional[str] = ..., model_hash: _Optional[str] = ..., round_index: _Optional[int] = ..., tau: _Optional[float] = ..., secure: _Optional[bool] = ..., payload: _Optional[bytes] = ..., reason: _Optional[str] = ..., secagg_config_json: _Optional[str] = ..., user_dp: _Optional[_Union[UserDpShare, _Mapping]] = ...) -> None: ...
+
+class UserDpShare(_message.Message):
+    __slots__ = ("clip_norm", "noise", "local_sigma", "min_survivors", "effective_noise_multiplier")
+    CLIP_NORM_FIELD_NUMBER: _ClassVar[int]
+    NOISE_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_SIGMA_FIELD_NUMBER: _ClassVar[int]
+    MIN_SURVIVORS_FIELD_NUMBER: _ClassVar[int]
+    EFFECTIVE_NOISE_MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
+    clip_norm: float
+    noise: str
+    local_sigma: float
+    min_survivors: int
+    effective_noise_multiplier: float
+    def __init__(self, clip_norm: _Optional[float] = ..., noise: _Optional[str] = ..., local_sigma: _Optional[float] = ..., min_survivors: _Optional[int] = ..., effective_noise_multiplier: _Optional[float] = ...) -> None: ...
 
 class ModelRequest(_message.Message):
     __slots__ = ("client_id", "model_version")

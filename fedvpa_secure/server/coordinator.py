@@ -9,7 +9,12 @@ over through per-client mailboxes. A round:
 3. secure mode: run :class:`~fedvpa_secure.secagg.ServerSession` stage by stage, each stage closed
    when every asked client answered, was rejected, went silent (liveness) or the deadline passed;
    plain mode: collect clear-text updates (benchmarks and the equivalence test only);
-4. apply the SUM with the learner, record the ledger, checkpoint atomically, evaluate.
+4. apply the SUM with the learner, checkpoint atomically, evaluate.
+
+With user-level DP (``user_dp``, :class:`~fedvpa_secure.server.user_dp.ServerUserDP`) the
+round's SecAggConfig and noise plan come from the DP module, every TRAIN task carries the
+client's noise share parameters, and once the survivor set U3 is fixed -- before any unmask
+request leaves the server -- the round is checked against ``t_min`` and written to the ledger.
 
 An aborted round (threshold lost) is retried as a new attempt with fresh keys and a new model
 version; clients refuse to contribute twice to one model version.
@@ -28,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from fedvpa_secure.errors import AbortRound, ConfigError, ProtocolError
+from fedvpa_secure.errors import AbortRound, BudgetExceededError, ConfigError, ProtocolError
 from fedvpa_secure.proto import federation_pb2 as pb
 from fedvpa_secure.secagg import ClientRejected, ServerSession
 from fedvpa_secure.secagg.messages import PROTOCOL_VERSION, Message
@@ -88,8 +93,10 @@ class Coordinator:
         start_round: int = 0,
         start_attempt: int = 0,
         seed: int = 0,
+        user_dp: Any = None,
     ) -> None:
         self.registry = registry
+        self.user_dp = user_dp
         self.settings = rounds
         self.quant = quant
         self.hooks = hooks
@@ -215,7 +222,7 @@ class Coordinator:
                 self.round_index += 1
                 if on_progress is not None:
                     on_progress(f"round {self.round_index}/{self.settings.rounds} done")
-        except (AbortRound, ConfigError) as exc:
+        except (AbortRound, ConfigError, BudgetExceededError) as exc:
             self.failed = str(exc)
             log.error("federation stopped: %s", exc)
         finally:
@@ -268,7 +275,11 @@ class Coordinator:
             secure=secure,
         )
         session = None
-        if secure:
+        plan = None
+        if secure and self.user_dp is not None:
+            config, plan = self.user_dp.round_config(len(chosen), spec, self.round_index)
+            task.user_dp.CopyFrom(self.user_dp.share_message(plan))
+        elif secure:
             config = secagg_config(
                 len(chosen),
                 threshold=self.settings.threshold,
@@ -278,6 +289,7 @@ class Coordinator:
                 prior_clip=self.quant.prior_clip,
                 stage_deadline_s=self.settings.stage_deadline_s,
             )
+        if secure:
             layout = layout_for({k: v for k, v in spec.items() if k != "weight"}, config)
             session = ServerSession(config, layout, round_id, chosen, self.registry)
             task.secagg_config_json = config_to_json(config)
@@ -296,7 +308,7 @@ class Coordinator:
             rejected: list[list[str]] = []
         else:
             sums, survivors, dropped, rejected = self._secure_round(
-                task, session, spec, stage_seconds
+                task, session, spec, stage_seconds, plan
             )
         outcome = RoundOutcome(
             round=self.round_index + 1,
@@ -371,8 +383,11 @@ class Coordinator:
         session: ServerSession,
         spec: dict[str, tuple[tuple[int, ...], str]],
         stage_seconds: dict[str, float],
+        plan: Any = None,
     ) -> tuple[dict[str, np.ndarray], tuple[str, ...], dict[str, list[str]], list[list[str]]]:
+        """Drive the secagg session stage by stage; with a DP plan, record before unmasking."""
         outbox = session.start()
+        recorded = plan is None
         first: pb.Task | None = task
         deadline = self.settings.train_deadline_s
         while outbox:
@@ -386,6 +401,10 @@ class Coordinator:
                 stage = session.stage.name
                 outbox = session.close_stage()
             stage_seconds[stage] = round(time.perf_counter() - t0, 4)
+            if not recorded and session.survivors:
+                # U3 is fixed and no unmask request has left: the write-ahead point
+                recorded = True
+                self.user_dp.before_unmask(self.round_index, task.round_id, session.survivors, plan)
         result = session.result
         if result is None:  # pragma: no cover - close_stage raises instead
             raise AbortRound(f"round {task.round_id} produced no result")

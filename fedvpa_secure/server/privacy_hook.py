@@ -1,15 +1,16 @@
-"""The server's privacy ledger and the hook where user-level distributed DP records its rounds.
+"""The server's privacy ledger, and the user-level DP it records (when ``server.toml`` asks).
 
 The ledger (actor ``server``, unit ``user``) is created with the budget from ``server.toml`` and
-verified on every open (``fedvpa-secure audit RUN`` checks it again). Each round's release is
-described by the learner's DP module; until that module provides an event
-(``fedvpa_secure.train.secure_aggregation.round_privacy_event``), a round without DP noise adds no
-ledger entry: it has no DP guarantee to record, and the report says ``dp: off``.
+verified on every open (``fedvpa-secure audit RUN`` checks it again). With ``dp.target_epsilon``
+or ``dp.noise_multiplier`` set, :func:`open_user_dp` gives the coordinator a
+:class:`~fedvpa_secure.server.user_dp.ServerUserDP`, which writes one
+``DistributedNoiseEvent`` per round BEFORE the round's sum is unmasked. Without it no round
+carries DP noise, nothing is recorded (there is no guarantee to record) and the report says
+``user_level: null``.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 from typing import Any
 
@@ -18,11 +19,10 @@ from privacy import BudgetPolicy, PersistentAccountant
 log = logging.getLogger("fedvpa_secure.server")
 
 LEDGER_NAME = "server.ledger.jsonl"
-DP_MODULE = "fedvpa_secure.train.secure_aggregation"
-DP_EVENT_FUNCTION = "round_privacy_event"
 
 
 def open_server_ledger(settings: Any) -> PersistentAccountant:
+    """``RUN/ledger/server.ledger.jsonl``: reopened (and verified) on resume, never rewritten."""
     path = settings.run_dir / "ledger" / LEDGER_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
     return PersistentAccountant.open(
@@ -35,25 +35,36 @@ def open_server_ledger(settings: Any) -> PersistentAccountant:
     )
 
 
-def round_event(settings: Any, round_index: int, outcome: Any) -> Any:
-    """The DP event of this round from the learner's DP module, or ``None`` (DP off)."""
-    try:
-        module = importlib.import_module(DP_MODULE)
-    except ImportError:
-        return None
-    make = getattr(module, DP_EVENT_FUNCTION, None)
-    if make is None:
-        return None
-    return make(settings.experiment, round_index=round_index, survivors=len(outcome.survivors))
+def sample_rate(clients_per_round: int, population: int) -> float:
+    """Client sampling rate q of one round: ``clients_per_round`` of the registered clients."""
+    return min(1.0, clients_per_round / max(population, 1))
 
 
-def record_round(
-    ledger: PersistentAccountant, settings: Any, round_index: int, outcome: Any
-) -> None:
-    """Append this round's event (checked against the budget before it is applied)."""
-    event = round_event(settings, round_index, outcome)
-    if event is None:
-        return
-    ledger.record(
-        event, round=round_index + 1, participants=list(outcome.survivors), label=outcome.round_id
+def open_user_dp(settings: Any, ledger: PersistentAccountant, population: int) -> Any:
+    """The server's user-level DP, or ``None`` when ``server.toml`` does not turn it on."""
+    if not settings.dp.user_level:
+        return None
+    from fedvpa_secure.server.user_dp import ServerUserDP
+
+    r = settings.rounds
+    user_dp = ServerUserDP(
+        settings.dp,
+        ledger,
+        rounds=r.rounds,
+        sample_rate=sample_rate(r.clients_per_round, population),
+        max_clients=r.clients_per_round,
+        hardened=r.hardened,
+        min_clients=r.min_survivors,
+        stage_deadline_s=r.stage_deadline_s,
+        threshold=r.threshold,
     )
+    log.info(
+        "user-level DP on: %s noise, clip %g, t_min %d, q %.3g, target epsilon %.3g (budget %g)",
+        settings.dp.noise,
+        settings.dp.clip_norm,
+        settings.dp.min_survivors,
+        user_dp.sample_rate,
+        user_dp.config.target_epsilon,
+        settings.dp.epsilon_max,
+    )
+    return user_dp

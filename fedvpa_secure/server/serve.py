@@ -58,6 +58,7 @@ class ServerRun:
             )
         self.registry = load_registry(settings.registry)
         self.ledger = privacy_hook.open_server_ledger(settings)
+        self.user_dp = privacy_hook.open_user_dp(settings, self.ledger, len(self.registry))
         self.learner = ServerLearner(settings.experiment)
         if self.state.latest is not None:
             weights = self.store.load_weights(self.state.latest)
@@ -82,6 +83,7 @@ class ServerRun:
             start_round=self.state.completed_rounds,
             start_attempt=self.state.next_attempt,
             seed=settings.experiment.train.seed,
+            user_dp=self.user_dp,
         )
         self.health = health.HealthServicer()
         self.server: grpc.Server | None = None
@@ -94,8 +96,7 @@ class ServerRun:
         self.store.save_state(self.state)
 
     def _apply(self, round_index: int, sums: dict[str, np.ndarray], outcome: RoundOutcome) -> None:
-        # the ledger first: a release over budget must not change the model
-        privacy_hook.record_round(self.ledger, self.settings, round_index, outcome)
+        # with user-level DP the ledger entry was written before unmasking (coordinator)
         self.learner.apply(sums, round_index)
         metrics = self.learner.quick_metrics()
         weights = state_arrays(self.learner.model)
@@ -182,6 +183,10 @@ class ServerRun:
             "ledger": str(self.ledger.ledger.path.relative_to(self.run_dir))
             if self.ledger.ledger.path.is_relative_to(self.run_dir)
             else str(self.ledger.ledger.path),
+            "privacy": {
+                "user_level": None if self.user_dp is None else self.user_dp.summary(),
+                "ledgers": [str(self.ledger.ledger.path)],
+            },
             "config": cfg.to_dict(),
         }
         plots = {}

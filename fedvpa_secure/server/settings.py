@@ -23,6 +23,10 @@ Example ``server.toml``::
     [dp]                          # user-level budget of the server's ledger
     epsilon_max = 8.0
     delta = 1e-5
+    target_epsilon = 4.0          # turns user-level distributed DP on (or noise_multiplier)
+    clip_norm = 1.0               # whole-update L2 clip S of each client
+    noise = "discrete_gaussian"   # or "skellam"
+    min_survivors = 3             # t_min the noise is calibrated to; fewer survivors: abort
     [quantization]
     delta_clip = 256.0
     prior_clip = 65536.0
@@ -33,6 +37,7 @@ Example ``server.toml``::
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -128,11 +133,72 @@ class RoundSettings:
 
 @dataclass(frozen=True)
 class DpSettings:
-    """The server's user-level budget (its ledger's genesis)."""
+    """The server's user-level budget (its ledger's genesis) and, optionally, user-level DP.
+
+    User-level distributed DP (PRIVACY.md section 2) is on when ``target_epsilon`` or
+    ``noise_multiplier`` is set: every client clips its whole round update to ``clip_norm`` and
+    adds an integer noise share of kind ``noise`` before masking, calibrated so that any
+    ``min_survivors`` shares reach the target; a round with fewer survivors is aborted.
+    ``noise_multiplier`` z asks for the noise of a Gaussian mechanism with multiplier z instead
+    (the plan is calibrated to the epsilon such a mechanism would spend over the run).
+    """
 
     epsilon_max: float = 8.0
     delta: float = 1e-5
     accountant: str = "rdp"
+    target_epsilon: float | None = None
+    noise_multiplier: float | None = None
+    clip_norm: float = 1.0
+    noise: str = "discrete_gaussian"
+    min_survivors: int = 3
+
+    def __post_init__(self) -> None:
+        from fedvpa_secure.train.dp_config import ACCOUNTANT_CHOICES, NOISE_KINDS
+
+        def bad(name: str, allowed: str) -> ConfigError:
+            return ConfigError(
+                f"dp.{name}={getattr(self, name)!r} is invalid in server.toml: expected {allowed}"
+            )
+
+        if not (_finite(self.epsilon_max) and self.epsilon_max > 0):
+            raise bad("epsilon_max", "a finite number > 0")
+        if not (isinstance(self.delta, int | float) and 0 < self.delta < 1):
+            raise bad("delta", "0 < delta < 1")
+        if self.accountant not in ACCOUNTANT_CHOICES:
+            raise bad("accountant", f"one of {ACCOUNTANT_CHOICES}")
+        if self.target_epsilon is not None and self.noise_multiplier is not None:
+            raise ConfigError(
+                "dp.target_epsilon and dp.noise_multiplier are both set in server.toml: give one "
+                "(target_epsilon calibrates the noise; noise_multiplier fixes it)"
+            )
+        if self.target_epsilon is not None:
+            if not (_finite(self.target_epsilon) and self.target_epsilon > 0):
+                raise bad("target_epsilon", "a finite number > 0")
+            if self.target_epsilon > self.epsilon_max:
+                raise ConfigError(
+                    f"dp.target_epsilon={self.target_epsilon} exceeds dp.epsilon_max="
+                    f"{self.epsilon_max}: the server would refuse the last rounds; raise "
+                    "epsilon_max or lower target_epsilon"
+                )
+        if self.noise_multiplier is not None and not (
+            _finite(self.noise_multiplier) and self.noise_multiplier > 0
+        ):
+            raise bad("noise_multiplier", "a finite number > 0")
+        if not (_finite(self.clip_norm) and self.clip_norm > 0):
+            raise bad("clip_norm", "a finite number > 0 (the whole-update L2 clip S)")
+        if self.noise not in NOISE_KINDS:
+            raise bad("noise", f"one of {NOISE_KINDS}")
+        if not (isinstance(self.min_survivors, int) and self.min_survivors >= 3):
+            raise bad("min_survivors", "an integer >= 3 (t_min; secure aggregation needs 3)")
+
+    @property
+    def user_level(self) -> bool:
+        """Whether rounds carry user-level distributed DP noise."""
+        return self.target_epsilon is not None or self.noise_multiplier is not None
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -158,6 +224,21 @@ class ServerSettings:
     checkpoint_dir: Path | None = None
     max_message_mb: int = 64
     run_id: str = "fedvpa-run"
+
+    def __post_init__(self) -> None:
+        if not self.dp.user_level:
+            return
+        r = self.rounds
+        if not r.secure or r.alternate_plain:
+            raise ConfigError(
+                "dp.target_epsilon/noise_multiplier (user-level DP) needs secure aggregation: set "
+                "rounds.secure = true and rounds.alternate_plain = false, or remove them"
+            )
+        if self.dp.min_survivors > r.clients_per_round:
+            raise ConfigError(
+                f"dp.min_survivors={self.dp.min_survivors} is invalid: expected <= "
+                f"rounds.clients_per_round={r.clients_per_round} (no round could reach t_min)"
+            )
 
     @property
     def checkpoints(self) -> Path:
