@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedvpa_secure.client.shards import client_index, load_shard
+from fedvpa_secure.client.shards import client_index, load_client_data
 from fedvpa_secure.config import ExperimentConfig
 from fedvpa_secure.data.types import ClientData
 from fedvpa_secure.errors import ConfigError
@@ -27,15 +27,18 @@ from fedvpa_secure.train.local import ClientState
 
 
 def own_data(
-    cfg: ExperimentConfig, client_id: str, data_dir: str | Path | None
+    cfg: ExperimentConfig,
+    client_id: str,
+    data_dir: str | Path | None,
+    user_type: str | None = None,
 ) -> tuple[ClientData, list[str]]:
-    """This client's shard: from ``data_dir``, or regenerated deterministically (its index)."""
+    """This client's data: a shard or HH-RLHF folder, or regenerated deterministically."""
     from fedvpa_secure.server.learner import load_run_data
 
     if data_dir is not None:
-        shard = load_shard(data_dir)
         from fedvpa_secure.data import protocol_user_types
 
+        shard = load_client_data(data_dir, client_id, cfg.data.protocol, user_type)
         return shard, list(protocol_user_types(cfg.data.protocol))
     fed = load_run_data(cfg)
     idx = client_index(client_id)
@@ -55,11 +58,17 @@ def round_seed(seed: int, model_version: str, client_id: str) -> int:
 class ClientLearner:
     """Local model and state for one client process."""
 
-    def __init__(self, cfg: ExperimentConfig, client_id: str, data_dir: str | Path | None) -> None:
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        client_id: str,
+        data_dir: str | Path | None,
+        user_type: str | None = None,
+    ) -> None:
         self.cfg = cfg
         self.client_id = client_id
         self.device = pick_device(cfg.device)
-        data, user_types = own_data(cfg, client_id, data_dir)
+        data, user_types = own_data(cfg, client_id, data_dir, user_type)
         prepared = prepare_clients([data], [], user_types, cfg.model, cfg.cache_dir, self.device)
         self.tensors = prepared.train[0]
         self.model = build_model(cfg, prepared, len(user_types), self.device)

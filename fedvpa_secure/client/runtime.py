@@ -98,6 +98,7 @@ class FederatedClient:
         settings: ClientSettings,
         *,
         data_dir: str | Path | None = None,
+        user_type: str | None = None,
         device: str | None = None,
         learner: Any = None,
     ) -> None:
@@ -105,6 +106,7 @@ class FederatedClient:
         self.client_id = client_id
         self.settings = settings
         self.data_dir = data_dir
+        self.user_type = user_type
         self.device = device or settings.device
         self.identity = load_identity(settings.identity)
         self.registry = load_registry(settings.registry)
@@ -159,7 +161,7 @@ class FederatedClient:
         from fedvpa_secure.client.privacy_hook import open_client_ledger
 
         if self.learner is None:
-            self.learner = ClientLearner(cfg, self.client_id, self.data_dir)
+            self.learner = ClientLearner(cfg, self.client_id, self.data_dir, self.user_type)
         if getattr(self.learner, "uses_dp", False):
             # DP-SGD: the learner's accountant is this client's ledger (one per actor)
             self.learner.open_dp(self.settings.state_dir, resp.run_id)

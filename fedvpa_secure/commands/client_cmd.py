@@ -18,7 +18,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--data",
         default=None,
-        help="this client's shard folder (default: regenerate the synthetic shard by index)",
+        help="this client's data: a shard folder (shard.json, as simulate writes) or an HH-RLHF "
+        "folder (<subset>/*.jsonl.gz) with --user-type (default: regenerate the shard by index)",
+    )
+    p.add_argument(
+        "--user-type",
+        default=None,
+        help="with an HH-RLHF --data folder: which user type of the run's protocol this client "
+        "is (e.g. helpful-first); its pairs are labelled as that type labels them",
     )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
     p.set_defaults(func=run)
@@ -36,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
         args.client_id,
         load_client_settings(args.config),
         data_dir=args.data,
+        user_type=args.user_type,
         device=args.device,
     )
     try:
