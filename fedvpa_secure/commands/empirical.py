@@ -34,6 +34,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--noise-multiplier", type=float, default=None, help="DP z instead of --epsilon")
     g.add_argument("--clip", type=float, default=0.05, help="DP clipping norm S (default 0.05)")
     g.add_argument("--delta", type=float, default=1e-5)
+    g.add_argument(
+        "--max-noise-step",
+        type=_noise_cap,
+        default="default",
+        metavar="STD|none",
+        help="record level: cap on the per-step DP noise std lr*z*C/B that sets the DP learning "
+        "rate (default: the learner's; 'none' trains at the plain learning rate)",
+    )
     g.add_argument("--confidence", type=float, default=0.95)
     g.add_argument("--k-plus", type=int, default=None, help="'in' guesses (default M // 4)")
     g.add_argument("--k-minus", type=int, default=None, help="'out' guesses (default M // 4)")
@@ -57,6 +65,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _noise_cap(text: str) -> float | str | None:
+    """``none`` (no cap), ``default`` (the learner's) or a positive number."""
+    if text in ("none", "default"):
+        return None if text == "none" else text
+    try:
+        return float(text)
+    except ValueError as err:
+        msg = f"expected a number, 'none' or 'default': {text!r}"
+        raise argparse.ArgumentTypeError(msg) from err
+
+
 def settings_from_args(args: argparse.Namespace) -> Any:
     """Validated :class:`LeakageSettings` from the flags."""
     from fedvpa_secure.train.leakage import LeakageSettings
@@ -68,7 +87,9 @@ def settings_from_args(args: argparse.Namespace) -> Any:
         raise ConfigError("--empirical needs --out DIR for audit.json and roc.png")
     dp = None
     if args.dp:
+        cap = {} if args.max_noise_step == "default" else {"max_noise_step": args.max_noise_step}
         dp = DPSettings(
+            **cap,
             level=args.level,
             clipping_norm=args.clip,
             noise_multiplier=args.noise_multiplier,

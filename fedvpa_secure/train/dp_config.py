@@ -8,6 +8,8 @@ hold a :class:`DPConfig` without an import cycle. Every check raises
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from fedvpa_secure.errors import ConfigError
@@ -15,6 +17,37 @@ from fedvpa_secure.errors import ConfigError
 ACCOUNTANT_CHOICES = ("rdp", "prv")
 GRAD_SAMPLE_ENGINES = ("auto", "vmap", "hooks", "loop")
 NOISE_KINDS = ("discrete_gaussian", "skellam")
+DEFAULT_MAX_NOISE_STEP = 0.01  # measured on the synthetic protocol, see max_noise_step
+DP_MUTANTS = ("zero-noise", "no-clipping")  # TEST ONLY: broken mechanisms the audit must catch
+
+
+_mutants_allowed = 0  # > 0 only inside allow_test_mutants()
+
+
+@contextmanager
+def allow_test_mutants() -> Iterator[None]:
+    """TEST ONLY: let ``DPConfig.mutant`` break DP-SGD inside this block.
+
+    A client takes its whole experiment configuration, ``dp`` included, from the server's Join
+    answer. Without this gate a server could ask clients for a mutant and get un-noised updates
+    while every client ledger records the honest guarantee. Only the empirical audit and tests
+    open the gate; :func:`require_mutant_allowed` refuses a mutant anywhere else.
+    """
+    global _mutants_allowed
+    _mutants_allowed += 1
+    try:
+        yield
+    finally:
+        _mutants_allowed -= 1
+
+
+def require_mutant_allowed(mutant: str | None) -> None:
+    """Refuse a broken-DP mutant outside :func:`allow_test_mutants` (no-op for ``None``)."""
+    if mutant is not None and _mutants_allowed <= 0:
+        raise ConfigError(
+            f"dp.mutant={mutant!r} is a TEST-ONLY broken mechanism and is refused here: it runs "
+            "only inside the empirical audit (audit --empirical --mutant) or tests"
+        )
 
 
 def _check(cond: bool, name: str, value: object, allowed: str) -> None:
@@ -50,6 +83,24 @@ class DPConfig:
             mode), ``hooks`` (one backbone pass, per-text Linear-adapter gradients summed per
             episode; lora mode), ``loop`` (one backward pass per episode; any model, slowest),
             ``auto`` (vmap for frozen mode, hooks for lora mode).
+        learning_rate: The client's head learning rate under DP-SGD; ``None`` keeps
+            ``train.learning_rate``. Either way the noise cap below applies.
+        max_noise_step: Cap on ``lr * z * C / B``, the standard deviation of the noise one
+            DP-SGD step adds to every trainable coordinate (B: the expected batch of episodes).
+            Each optimiser group's learning rate is lowered until the cap holds. Without it a
+            small batch at low epsilon turns every step into a random walk far larger than the
+            weights themselves (default synthetic run: B = 2 episodes, z = 15 at eps 8 and 60
+            at eps 1, so ``lr * z * C / B`` is 0.75 to 3 at lr 0.1) and training ends in
+            non-finite losses. The default keeps the random walk of a whole run (200 steps,
+            averaged over 10 clients: about 4.5 times the cap per coordinate) below the scale
+            of freshly initialised weights. ``None`` switches the cap off.
+        mutant: TEST ONLY. ``"zero-noise"`` (Opacus adds no noise) or ``"no-clipping"`` (no
+            per-episode clipping; the noise stays scaled to the nominal ``max_grad_norm``) break
+            the mechanism while the ledger keeps recording the honest event, so that the
+            empirical audit (PRIVACY.md section 5) can be shown to catch a broken DP-SGD
+            (Tramer et al. 2022, "Debugging Differential Privacy"). Training refuses it outside
+            :func:`allow_test_mutants` (the ``audit --empirical --dp --mutant`` path and tests),
+            so neither a config file nor a server can switch it on for a real client.
     """
 
     target_epsilon: float | None = None
@@ -61,6 +112,9 @@ class DPConfig:
     prior_noise_multiplier: float = 5.0
     prior_v_clip: float | None = None
     engine: str = "auto"
+    learning_rate: float | None = None
+    max_noise_step: float | None = DEFAULT_MAX_NOISE_STEP
+    mutant: str | None = None
 
     def __post_init__(self) -> None:
         _check(
@@ -121,6 +175,16 @@ class DPConfig:
             "engine",
             self.engine,
             f"one of {GRAD_SAMPLE_ENGINES}",
+        )
+        for name in ("learning_rate", "max_noise_step"):
+            value = getattr(self, name)
+            if value is not None:
+                _check(_finite_positive(value), name, value, "None or a finite number > 0")
+        _check(
+            self.mutant is None or self.mutant in DP_MUTANTS,
+            "mutant",
+            self.mutant,
+            f"None or (test only) one of {DP_MUTANTS}",
         )
 
     @property

@@ -23,6 +23,13 @@ Data-independent and local terms: the orthogonality penalty depends only on the 
 its gradient is added after the noisy step (post-processing). The Gumbel logits alpha are trained
 on the (non-private) batch gradient: they never leave the client and influence released tensors
 only through the next steps' per-sample gradients, which are clipped and noised again.
+
+Learning rate (issue 4): one step adds noise of std ``lr * z * C / B`` to every coordinate. With
+few episodes per client (B = 2 on the default synthetic clients) and a large z at low epsilon,
+the plain learning rate makes that far larger than the weights and training diverged to NaN.
+:func:`cap_learning_rates` lowers the DP learning rate to keep it below
+``DPConfig.max_noise_step`` (public quantities only), and :func:`check_finite` stops training
+with :class:`DPDivergedError` rather than releasing non-finite weights.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ from opacus.optimizers import DPOptimizer
 from torch.func import functional_call, grad, vmap
 
 from fedvpa_secure.config import ExperimentConfig
-from fedvpa_secure.errors import ConfigError
+from fedvpa_secure.errors import ConfigError, FedVPAError
 from fedvpa_secure.model.objective import LossParts, PriorContext, episode_loss
 from fedvpa_secure.model.preference_model import EpisodeBatch, PreferenceModel
 from fedvpa_secure.model.prior import orthogonality_penalty
@@ -232,6 +239,86 @@ class DPLocalResult(LocalResult):
     sample_rate: float = 1.0
     noise_multiplier: float = 0.0
     batch_sizes: list[int] | None = None
+    learning_rates: list[float] | None = None  # per optimiser group, after the noise cap
+
+
+class DPDivergedError(FedVPAError, ArithmeticError):
+    """DP-SGD produced non-finite weights: the noise step is too large for the learning rate."""
+
+
+UNCLIPPED_NORM = 1e9  # the "no-clipping" mutant's clipping norm: no per-episode norm comes close
+
+
+def opacus_parameters(
+    noise_multiplier: float, max_grad_norm: float, mutant: str | None = None
+) -> tuple[float, float]:
+    """(noise multiplier, clipping norm) to hand Opacus so that it runs the mechanism asked for.
+
+    Opacus clips to its ``max_grad_norm`` and adds noise of std ``noise_multiplier *
+    max_grad_norm``. Honest DP-SGD passes both through. The TEST-ONLY mutants
+    (:attr:`DPConfig.mutant`) break it while the caller keeps accounting the honest event:
+    ``zero-noise`` passes multiplier 0 (no noise); ``no-clipping`` clips at
+    :data:`UNCLIPPED_NORM` and rescales the multiplier so that the noise std stays
+    ``noise_multiplier * max_grad_norm``, as if clipping had been forgotten in the code.
+    """
+    z, c = float(noise_multiplier), float(max_grad_norm)
+    if mutant is None:
+        return z, c
+    if mutant == "zero-noise":
+        return 0.0, c
+    if mutant == "no-clipping":
+        return z * c / UNCLIPPED_NORM, UNCLIPPED_NORM
+    raise ConfigError(f"mutant={mutant!r} is unknown: expected None, zero-noise or no-clipping")
+
+
+def noise_step(
+    lr: float, noise_multiplier: float, max_grad_norm: float, expected_batch: int
+) -> float:
+    """Std of the noise one DP-SGD step adds to each coordinate: ``lr * z * C / B``.
+
+    Opacus adds ``N(0, (z C)^2)`` to the summed clipped gradients and divides by the expected
+    batch ``B``; the optimiser then scales by ``lr``. Everything here is public (configuration
+    and the client's pair count), so choosing the learning rate from it costs no privacy.
+    """
+    return lr * noise_multiplier * max_grad_norm / max(1, expected_batch)
+
+
+def cap_learning_rates(
+    optimizer: torch.optim.Optimizer,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    expected_batch: int,
+    learning_rate: float | None = None,
+    max_noise_step: float | None = None,
+) -> list[float]:
+    """Set the DP learning rate of every group so that one step's noise stays bounded.
+
+    ``learning_rate`` replaces the first (head) group's rate; ``max_noise_step`` then lowers any
+    group whose :func:`noise_step` would exceed it. Why: with few episodes per client the batch
+    ``B`` is tiny, and at low epsilon ``z`` is large, so at the plain learning rate every step
+    adds noise far larger than the weights and the model diverges to non-finite losses
+    (issue 4). Returns the rates in use, group by group.
+    """
+    groups = optimizer.param_groups
+    if learning_rate is not None:
+        groups[0]["lr"] = float(learning_rate)
+    if max_noise_step is not None and noise_multiplier > 0:
+        unit = noise_step(1.0, noise_multiplier, max_grad_norm, expected_batch)
+        for group in groups:
+            group["lr"] = min(float(group["lr"]), max_noise_step / unit)
+    return [float(g["lr"]) for g in groups]
+
+
+def check_finite(model: PreferenceModel, names: Sequence[str], step: int, detail: str) -> None:
+    """Fail with a clear message, instead of training on, once a released tensor is not finite."""
+    params = dict(model.named_parameters())
+    bad = [n for n in names if not bool(torch.isfinite(params[n]).all())]
+    if bad:
+        raise DPDivergedError(
+            f"DP-SGD diverged at local step {step + 1}: non-finite values in {bad[:3]} "
+            f"({detail}); lower DPConfig.learning_rate or max_noise_step, or give the noise a "
+            "larger batch (more episodes per step, a higher epsilon)"
+        )
 
 
 def train_local_dp(
@@ -247,6 +334,9 @@ def train_local_dp(
     max_grad_norm: float,
     engine: str = "vmap",
     noise_generator: torch.Generator | None = None,
+    mutant: str | None = None,
+    learning_rate: float | None = None,
+    max_noise_step: float | None = None,
 ) -> DPLocalResult:
     """DP-SGD local training: the inputs of ``train_local`` plus the DP parameters.
 
@@ -254,6 +344,10 @@ def train_local_dp(
     this function is the mechanism only, ``steps`` Poisson-subsampled Gaussian steps with rate
     :func:`sample_rate`. With ``noise_multiplier = 0``, ``max_grad_norm = inf`` and ``q = 1`` it
     takes exactly the steps of plain training (the property tested in tests/privacy).
+    ``mutant`` (TEST ONLY, :func:`opacus_parameters`) breaks the mechanism for the empirical
+    audit; the result still reports the claimed ``noise_multiplier``. ``learning_rate`` and
+    ``max_noise_step`` set the DP learning rates (:func:`cap_learning_rates`, computed from the
+    claimed z and C); non-finite weights stop training with :class:`DPDivergedError`.
 
     Returns:
         Per-step logs plus the sample rate, noise multiplier and realised batch sizes.
@@ -266,19 +360,30 @@ def train_local_dp(
     n_episodes = sum(
         episode_sizes(c.n_pairs, cfg.train.context_size, cfg.train.query_size)[2] for c in clients
     )
+    expected_batch = max(1, round(q * n_episodes)) if q < 1 else n_episodes
+    lrs = cap_learning_rates(
+        optimizer, noise_multiplier, max_grad_norm, expected_batch, learning_rate, max_noise_step
+    )
+    opacus_z, opacus_c = opacus_parameters(noise_multiplier, max_grad_norm, mutant)
     dp_opt = DPOptimizer(
         optimizer,
-        noise_multiplier=float(noise_multiplier),
-        max_grad_norm=float(max_grad_norm),
-        expected_batch_size=max(1, round(q * n_episodes)) if q < 1 else n_episodes,
+        noise_multiplier=opacus_z,
+        max_grad_norm=opacus_c,
+        expected_batch_size=expected_batch,
         loss_reduction="mean",
         generator=noise_generator,
     )
     params = dict(model.named_parameters())
     alpha_opt = None
-    result = DPLocalResult(sample_rate=q, noise_multiplier=float(noise_multiplier), batch_sizes=[])
+    result = DPLocalResult(
+        sample_rate=q, noise_multiplier=float(noise_multiplier), batch_sizes=[], learning_rates=lrs
+    )
+    detail = (
+        f"z={noise_multiplier:.3g}, C={max_grad_norm:.3g}, expected batch {expected_batch}, "
+        f"learning rates {[f'{lr:.3g}' for lr in lrs]}"
+    )
     per_sample = engine_function(engine)
-    for _ in range(steps):
+    for step in range(steps):
         pool = sample_episodes(
             clients, cfg.train.context_size, cfg.train.query_size, 10**9, rng
         )  # a fresh partition: each pair in exactly one episode
@@ -307,6 +412,7 @@ def train_local_dp(
                 (g,) = torch.autograd.grad(ortho, [model.prototypes])
                 model.prototypes.grad = model.prototypes.grad + g
             dp_opt.original_optimizer.step()
+            check_finite(model, names, step, detail)
         if alpha_opt is not None and psg is not None and psg.log_weights_grad is not None:
             alpha.grad = None  # local, never released: trained on the batch gradient
             torch.autograd.backward(

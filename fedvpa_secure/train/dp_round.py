@@ -9,6 +9,7 @@ touching its data; after training it ``record``s the event BEFORE the update lea
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from fedvpa_secure.errors import BudgetExceededError, ConfigError
 from fedvpa_secure.model.preference_model import PreferenceModel
 from fedvpa_secure.model.prior import clip_rows, responsibilities
 from fedvpa_secure.train.aggregation import Update, client_update
-from fedvpa_secure.train.dp_config import DPConfig
+from fedvpa_secure.train.dp_config import DPConfig, require_mutant_allowed
 from fedvpa_secure.train.dp_local import (
     DPLocalResult,
     resolve_engine,
@@ -42,6 +43,7 @@ from privacy import (
 from privacy.accountants import solve_decreasing
 
 RECORD_UNIT = "record"
+log = logging.getLogger(__name__)
 
 
 def client_ledger_path(run_dir: str | Path, client_id: str) -> Path:
@@ -197,6 +199,7 @@ def dp_client_round(
             recorded or released.
     """
     dp: DPConfig = cfg.dp  # type: ignore[assignment]
+    require_mutant_allowed(dp.mutant)  # a server-sent config must not switch DP off
     q = sample_rate([client], cfg)
     with_prior = bool(local_model.spec.mixture_prior)
     event = round_event(noise_multiplier, q, cfg.train.local_steps, dp, with_prior)
@@ -216,6 +219,9 @@ def dp_client_round(
         dp.max_grad_norm,
         resolve_engine(dp, local_model),
         noise_generator,
+        mutant=dp.mutant,  # TEST ONLY; the ledger below still records the honest event
+        learning_rate=dp.learning_rate,
+        max_noise_step=dp.max_noise_step,
     )
     stats = release_prior_statistics(local_model, client, cfg, dp, rng, device, noise_generator)
     accountant.record(
@@ -238,6 +244,9 @@ def privacy_summary(
         "noise_multiplier": noise_multiplier,
         "prior_noise_multiplier": dp.prior_noise_multiplier,
         "max_grad_norm": dp.max_grad_norm,
+        "learning_rate": dp.learning_rate,
+        "max_noise_step": dp.max_noise_step,
+        **({"mutant": dp.mutant} if dp.mutant is not None else {}),
         "epsilon": max(eps.values(), default=0.0),
         "per_client_epsilon": eps,
         "ledgers": [str(a.ledger.path) for a in accountants],
@@ -261,6 +270,13 @@ class DPClients:
         self.dp: DPConfig = cfg.dp
         self.run_dir = Path(run_dir)
         self.run_id = self.run_dir.name or "run"
+        if self.dp.mutant is not None:
+            require_mutant_allowed(self.dp.mutant)
+            log.warning(
+                "TEST-ONLY DP mutant %r: the DP-SGD mechanism is deliberately broken while the "
+                "ledgers record the honest guarantee",
+                self.dp.mutant,
+            )
         self.accountants = {
             c.client_id: open_client_accountant(self.run_dir, self.run_id, c.client_id, self.dp)
             for c in clients

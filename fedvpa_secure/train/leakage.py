@@ -41,6 +41,7 @@ from fedvpa_secure.model.backbone import pick_device
 from fedvpa_secure.model.preference_model import PreferenceModel
 from fedvpa_secure.train.aggregation import Aggregator, plain_sum
 from fedvpa_secure.train.canaries import LEVELS, CanarySet, record_canaries, user_canaries
+from fedvpa_secure.train.dp_config import allow_test_mutants
 from fedvpa_secure.train.evaluate import EvalEpisodes
 from fedvpa_secure.train.features import PreparedClients, prepare_clients
 from fedvpa_secure.train.federation import run_federation
@@ -189,7 +190,7 @@ class LeakageHarness:
         self.say = progress or (lambda msg: log.info("%s", msg))
         self.device = pick_device(settings.device)
         if settings.dp is not None and settings.dp.level == "record":
-            record_dp_config(settings.dp)  # fails early on what record level cannot do yet
+            record_dp_config(settings.dp)  # fails early on an invalid learner DP config
         self.base = build_federated_data(
             "synthetic",
             None,
@@ -262,17 +263,18 @@ class LeakageHarness:
                 prefix=f"{label.replace(' ', '-')}-",
                 dir=None if ledger_path is None else ledger_path.parent,
             )
-        history = run_federation(
-            model,
-            train,
-            eval_eps,
-            reference,
-            self.user_types,
-            cfg,
-            self.device,
-            aggregate,
-            privacy_dir=privacy_dir,
-        )
+        with allow_test_mutants():  # record-level mutants (DPConfig.mutant) run only here
+            history = run_federation(
+                model,
+                train,
+                eval_eps,
+                reference,
+                self.user_types,
+                cfg,
+                self.device,
+                aggregate,
+                privacy_dir=privacy_dir,
+            )
         if history.privacy is not None:  # record level: the worst client's ledger epsilon
             eps = float(history.privacy["epsilon"])
             z = float(history.privacy["noise_multiplier"])

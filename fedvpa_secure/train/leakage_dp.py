@@ -15,8 +15,8 @@ accounted for.
 
 Record-level DP-SGD belongs to the learner (``dp_local`` / ``dp_round``): the harness hands it
 the same :class:`DPSettings` through ``ExperimentConfig.dp`` (:func:`record_dp_config`), and the
-accountant epsilon is the worst client's ledger epsilon. The learner's DP-SGD has no mutant knobs
-yet, so record-level mutants raise :class:`ConfigError`.
+accountant epsilon is the worst client's ledger epsilon. Record-level mutants are passed to the
+learner's test-only knob :attr:`~fedvpa_secure.train.dp_config.DPConfig.mutant`.
 
 Test-only mutants (``DPSettings.mutant``) reproduce two classic DP bugs so that the audit can be
 shown to catch them (Tramer, Terzis, Steinke, Song, Jagielski, Carlini 2022, "Debugging
@@ -24,6 +24,9 @@ Differential Privacy: A Case Study for Privacy Auditing"):
 
 * ``zero-noise``: no noise is added, while the ledger still records sigma = z;
 * ``no-clipping``: updates are not clipped, while the noise is still scaled to the nominal S.
+
+At user level the mechanism is the whole-update clip and noise of :class:`UserDPAggregator`; at
+record level it is the per-episode clip and noise of the learner's DP-SGD (Opacus).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import numpy as np
 
 from fedvpa_secure.errors import ConfigError
 from fedvpa_secure.train.aggregation import DELTA_PREFIX, WEIGHT, Update
+from fedvpa_secure.train.dp_config import DEFAULT_MAX_NOISE_STEP
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +64,10 @@ class DPSettings:
         accountant: accountant for the claim (``rdp``, ``prv``, ``pld``, ``dpa-rdp``).
         prior_noise_multiplier: record level only: noise multiplier of the learner's prior
             statistics release (composed into the same client budget; small targets need more).
+        learning_rate: record level only: the learner's DP learning rate
+            (``DPConfig.learning_rate``; None keeps the run's learning rate).
+        max_noise_step: record level only: cap on the per-step noise std ``lr * z * C / B``
+            (``DPConfig.max_noise_step``, same default); None removes the cap.
         mutant: TEST ONLY: "zero-noise" or "no-clipping" breaks the mechanism while the ledger
             keeps claiming the honest guarantee. Never set it outside tests and audits.
     """
@@ -71,6 +79,8 @@ class DPSettings:
     delta: float = 1e-5
     accountant: str = "pld"
     prior_noise_multiplier: float = 5.0
+    learning_rate: float | None = None
+    max_noise_step: float | None = DEFAULT_MAX_NOISE_STEP
     mutant: str | None = None
 
     def __post_init__(self) -> None:
@@ -108,21 +118,12 @@ def record_dp_config(settings: DPSettings) -> Any:
     """The learner's record-level DP-SGD configuration (``ExperimentConfig.dp``) for ``settings``.
 
     Record-level DP is the learner's own DP-SGD (per-episode clipping, Poisson sampling, client
-    ledgers); the harness only passes the clipping norm, the noise (or target epsilon), delta
-    and accountant through this one parameter.
-
-    Raises:
-        ConfigError: a mutant was asked for: the learner's DP-SGD has no test knobs to break it
-            yet (noise 0 cannot be accounted, clipping cannot be switched off), so record-level
-            mutants are not available; user-level ones are.
+    ledgers); the harness only passes the clipping norm, the noise (or target epsilon), delta,
+    accountant and (TEST ONLY) mutant through this one parameter. A mutant breaks the learner's
+    mechanism (``DPConfig.mutant``) while its client ledgers keep the honest claim.
     """
     from fedvpa_secure.train.dp_config import DPConfig
 
-    if settings.mutant is not None:
-        raise ConfigError(
-            f"record-level DP mutant {settings.mutant!r} is not available: the learner's DP-SGD "
-            "has no test-only knob for it yet; use user-level canaries for the mutants"
-        )
     accountant = settings.accountant if settings.accountant in ("rdp", "prv") else "prv"
     return DPConfig(
         target_epsilon=None if settings.noise_multiplier is not None else settings.target_epsilon,
@@ -131,6 +132,9 @@ def record_dp_config(settings: DPSettings) -> Any:
         max_grad_norm=settings.clipping_norm,
         accountant=accountant,
         prior_noise_multiplier=settings.prior_noise_multiplier,
+        learning_rate=settings.learning_rate,
+        max_noise_step=settings.max_noise_step,
+        mutant=settings.mutant,
     )
 
 

@@ -7,8 +7,8 @@ PRIVACY.md section 5's required controls, as tests:
 * a DP run: audited epsilon <= accountant epsilon and TPR <= e^eps FPR + delta at every
   threshold (one-sided Clopper-Pearson);
 * two broken-DP mutants (noise 0 while the ledger claims sigma; clipping off) are caught
-  (user level: DP-FedAvg in the harness's aggregator; the learner's record-level DP-SGD has no
-  mutant knobs yet).
+  (user level here: DP-FedAvg in the harness's aggregator; record level, the learner's DP-SGD
+  through its test-only ``DPConfig.mutant`` knob: tests/privacy/test_dp_mutants.py).
 
 Each training run is a few seconds on one CPU thread; the user-level DP runs train ~40 clients
 with many local steps, so they are marked slow.
@@ -131,10 +131,12 @@ def test_honest_record_dp_run_respects_its_accountant(tmp_path: Path) -> None:
     assert find_ledgers(tmp_path)  # one ledger per client, from the learner
 
 
-def test_record_level_mutants_wait_for_knobs_in_the_learner() -> None:
-    dp = DPSettings(level="record", target_epsilon=4.0, mutant="zero-noise")
-    with pytest.raises(ConfigError, match="not available"):
-        empirical_audit(_record_settings(dp=dp), None, controls=False)
+def test_record_level_mutants_reach_the_learner() -> None:
+    from fedvpa_secure.train.leakage_dp import record_dp_config
+
+    for mutant in ("zero-noise", "no-clipping"):
+        dp = DPSettings(level="record", target_epsilon=4.0, mutant=mutant)
+        assert record_dp_config(dp).mutant == mutant  # caught: test_dp_mutants.py
 
 
 def test_settings_are_checked() -> None:
@@ -182,6 +184,6 @@ def test_empirical_cli_usage_errors(capsys, tmp_path: Path) -> None:
     assert "--out" in capsys.readouterr().err
     assert main(["audit"]) == 2
     assert "PATH" in capsys.readouterr().err
-    argv = ["audit", "--empirical", "--dp", "--mutant", "no-clipping", "--out", str(tmp_path)]
+    argv = ["audit", "--empirical", "--mutant", "no-clipping", "--out", str(tmp_path)]
     assert main(argv) == 2
-    assert "not available" in capsys.readouterr().err
+    assert "--mutant needs --dp" in capsys.readouterr().err
