@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from fedvpa_secure.errors import ConfigError
-from fedvpa_secure.train.dp_config import DPConfig
+from fedvpa_secure.train.dp_config import DPConfig, resolve_prior_noise
 
 PROTOCOLS = ("p1", "p2", "p3", "synthetic")
 MODES = ("frozen", "lora")
@@ -274,6 +274,10 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         method_spec(self.method)
         _check(self.device in DEVICES, "device", self.device, f"one of {DEVICES}")
+        if self.dp is not None and self.dp.prior_noise_multiplier is None:
+            # the prior's share of the budget depends on the rounds: fix it once, here, so every
+            # client, the ledger and the report use the same multiplier
+            object.__setattr__(self, "dp", resolve_prior_noise(self.dp, self.train.rounds))
 
     @property
     def spec(self) -> MethodSpec:

@@ -91,8 +91,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--prior-noise-multiplier",
         type=float,
-        default=5.0,
-        help="noise multiplier of the prior statistics' Gaussian release",
+        default=None,
+        help="noise multiplier of the prior statistics' Gaussian release (default: calibrated "
+        "so the prior releases of all rounds spend 20%% of the budget)",
     )
     g.add_argument(
         "--secure-agg", action="store_true", help="sum updates with the secure-aggregation protocol"

@@ -63,7 +63,8 @@ class DPSettings:
         delta: the delta of the claim.
         accountant: accountant for the claim (``rdp``, ``prv``, ``pld``, ``dpa-rdp``).
         prior_noise_multiplier: record level only: noise multiplier of the learner's prior
-            statistics release (composed into the same client budget; small targets need more).
+            statistics release (composed into the same client budget); None calibrates it to a
+            fixed share of the budget (``dp_config.resolve_prior_noise``).
         learning_rate: record level only: the learner's DP learning rate
             (``DPConfig.learning_rate``; None keeps the run's learning rate).
         max_noise_step: record level only: cap on the per-step noise std ``lr * z * C / B``
@@ -78,7 +79,7 @@ class DPSettings:
     target_epsilon: float | None = None
     delta: float = 1e-5
     accountant: str = "pld"
-    prior_noise_multiplier: float = 5.0
+    prior_noise_multiplier: float | None = None  # None: calibrated share of the budget
     learning_rate: float | None = None
     max_noise_step: float | None = DEFAULT_MAX_NOISE_STEP
     mutant: str | None = None
