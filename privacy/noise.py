@@ -268,17 +268,42 @@ def _poisson_by_inversion(src: RandomSource, n: int, mu: float) -> np.ndarray:
         result[~lo] = special.pdtrc(kk[~lo], mu) <= v[idx][~lo]
         return result
 
+    # Smallest k >= 0 with F(k) >= u, found by galloping away from the start and then bisecting:
+    # O(log distance) evaluations. Stepping by one instead stalled for minutes at mu ~ 1e14
+    # (sigma ~ 3e7, user-level DP scales), where the start can be off by many units.
+    cap = math.floor(mu + 50.0 * math.sqrt(mu) + 100.0)  # F(cap) = 1 to double precision
     everyone = np.arange(n)
     ok = at_least(k, everyone)
-    down = everyone[ok & (k > 0)]  # answer may be smaller: step down while F(k - 1) >= u
+    hi = np.where(ok, k, -1.0)  # F(hi) >= u, once known
+    lo = np.where(ok, -1.0, k)  # F(lo) < u (lo = -1: F = 0)
+    step = 1.0
+    down = everyone[ok & (k > 0)]  # gallop down until F(k - step) < u or k - step < 0
     while down.size:
-        move = at_least(k[down] - 1.0, down)
-        k[down[move]] -= 1.0
-        down = down[move & (k[down] > 0)]
-    up = everyone[~ok]  # answer is larger: step up until F(k) >= u
+        probe = hi[down] - step
+        inside = probe >= 0
+        hit = np.zeros(down.size, dtype=bool)
+        hit[inside] = at_least(probe[inside], down[inside])
+        hi[down[hit]] = probe[hit]
+        lo[down[inside & ~hit]] = probe[inside & ~hit]
+        down = down[hit]
+        step *= 2.0
+    step = 1.0
+    up = everyone[~ok]  # gallop up until F(k + step) >= u (capped where F = 1)
     while up.size:
-        k[up] += 1.0
-        up = up[~at_least(k[up], up)]
+        probe = np.minimum(lo[up] + step, cap)
+        hit = (probe >= cap) | at_least(probe, up)
+        hi[up[hit]] = probe[hit]
+        lo[up[~hit]] = probe[~hit]
+        up = up[~hit]
+        step *= 2.0
+    gap = everyone[hi - lo > 1.0]
+    while gap.size:  # invariant: F(lo) < u <= F(hi)
+        mid = np.floor((lo[gap] + hi[gap]) / 2.0)
+        hit = at_least(mid, gap)
+        hi[gap[hit]] = mid[hit]
+        lo[gap[~hit]] = mid[~hit]
+        gap = gap[hi[gap] - lo[gap] > 1.0]
+    k = hi
     return k.astype(np.int64)
 
 
