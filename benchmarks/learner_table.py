@@ -9,6 +9,9 @@ METHOD.md section 7: overall, conflicting, per type, switching, silhouette, KL p
 
 With --data DIR, a held-out folder of the same layout is made once (split by the first Human
 turn, so evaluation users' prompts are unseen) and used as --eval-data.
+
+``--dp-epsilons 1 4 8 none`` adds record-level DP-SGD rows (the privacy-utility table of issue
+4): every other setting stays as in the no-DP row, so a row differs from ``none`` by DP only.
 """
 
 from __future__ import annotations
@@ -62,10 +65,20 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--out", default="runs/learner_table")
     parser.add_argument("--json", dest="json_path", default=None)
+    parser.add_argument(
+        "--dp-epsilons",
+        nargs="+",
+        default=["none"],
+        help="record-level DP-SGD target epsilons per client ('none': no DP)",
+    )
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from fedvpa_secure.commands.experiment import DEFAULTS, config_from_args
+    from fedvpa_secure.commands import experiment as experiment_cmd
+    from fedvpa_secure.commands.experiment import config_from_args
+
+    cli = argparse.ArgumentParser()
+    experiment_cmd.register(cli.add_subparsers())
 
     train_dir = eval_dir = None
     if args.data:
@@ -75,25 +88,24 @@ def main() -> int:
     rows: dict[str, dict[str, list[dict]]] = {}
     for protocol in args.protocols:
         hh = protocol != "synthetic"
-        for method in args.methods:
+        for method, epsilon in ((m, e) for m in args.methods for e in args.dp_epsilons):
+            row = method if epsilon == "none" else f"{method} eps={epsilon}"
             for seed in args.seeds:
-                ns = argparse.Namespace(
-                    method=method,
-                    device="auto",
-                    cache_dir=DEFAULTS.cache_dir,
-                    backbone=DEFAULTS.model.backbone,
-                    mode="frozen",
-                    max_length=DEFAULTS.model.max_length,
-                    latent_dim=DEFAULTS.model.latent_dim,
-                    components=DEFAULTS.model.n_components,
-                    beta=DEFAULTS.objective.beta,
-                    rounds=args.rounds,
-                    clients_per_round=0,
-                    local_steps=DEFAULTS.train.local_steps,
-                    context_size=args.context_size,
-                    query_size=DEFAULTS.train.query_size,
-                    episodes_per_step=DEFAULTS.train.episodes_per_step,
-                    seed=seed,
+                ns = cli.parse_args(
+                    [
+                        "experiment",
+                        "--out",
+                        "unused",
+                        "--method",
+                        method,
+                        "--rounds",
+                        str(args.rounds),
+                        "--context-size",
+                        str(args.context_size),
+                        "--seed",
+                        str(seed),
+                        *([] if epsilon == "none" else ["--dp-epsilon", epsilon]),
+                    ]
                 )
                 kwargs = {
                     "eval_data_dir": str(eval_dir) if hh else None,
@@ -108,11 +120,11 @@ def main() -> int:
                     str(train_dir) if hh else "synthetic", protocol, kwargs, seed
                 )
                 cfg = config_from_args(ns, data_cfg)
-                out = Path(args.out) / protocol / f"{method}-s{seed}"
+                out = Path(args.out) / protocol / f"{row.replace(' ', '-')}-s{seed}"
                 report = run_experiment(cfg, data, out)
-                rows.setdefault(protocol, {}).setdefault(method, []).append(report)
+                rows.setdefault(protocol, {}).setdefault(row, []).append(report)
                 print(
-                    f"{protocol} {method} seed {seed}: overall "
+                    f"{protocol} {row} seed {seed}: overall "
                     f"{report['accuracy']['overall']:.3f} conflicting "
                     f"{report['accuracy']['conflicting']:.3f}",
                     file=sys.stderr,
