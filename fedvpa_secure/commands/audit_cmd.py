@@ -200,6 +200,14 @@ def write_plot(report: AuditReport, target: Path) -> Path | None:
     for ax, unit in zip(axes, units, strict=True):
         budgets: set[tuple[float, float]] = set()
         ledgers = [(a, g) for a, g in readable if g.unit == unit]
+        if not any(audit.rows for audit, _ in ledgers):
+            # e.g. the server's user-level ledger of a run without user-level DP: say so rather
+            # than draw an empty panel that reads like a plotting bug
+            actors = ", ".join(g.actor for _, g in ledgers)
+            ax.text(0.5, 0.5, f"no {unit}-level DP events recorded ({actors})", ha="center")
+            ax.set_title(f"{unit}-level DP: epsilon after each round")
+            ax.set_axis_off()
+            continue
         for audit, g in ledgers:
             per_round: dict[int, float] = {}
             for row in audit.rows:
