@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -38,13 +39,18 @@ METRICS = (
 )
 
 
+def _present(values) -> list[float]:
+    """Values that exist: None (metric not defined) and NaN (e.g. no conflicting pairs) dropped."""
+    return [v for v in values if v is not None and not math.isnan(v)]
+
+
 def _mean(values) -> float | None:
-    vals = [v for v in values if v is not None]
+    vals = _present(values)
     return sum(vals) / len(vals) if vals else None
 
 
 def _cell(values: list[float | None]) -> str:
-    vals = [v for v in values if v is not None]
+    vals = _present(values)
     if not vals:
         return "-"
     spread = statistics.stdev(vals) if len(vals) > 1 else 0.0
