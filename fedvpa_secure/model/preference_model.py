@@ -122,8 +122,10 @@ class PreferenceModel(nn.Module):
     def condition(self, batch: EpisodeBatch, sample: bool) -> dict[str, torch.Tensor]:
         """The conditioning vector for the decoder, by method."""
         if self.spec.oracle:
-            onehot = torch.nn.functional.one_hot(batch.user_type, self.n_types)
-            return {"cond": onehot.to(torch.float32)}
+            # a comparison, not F.one_hot: one_hot reads the max index (.item()), which
+            # torch.func.vmap (the DP-SGD per-episode engine) cannot trace
+            types = torch.arange(self.n_types, device=batch.user_type.device)
+            return {"cond": (batch.user_type.unsqueeze(-1) == types).to(torch.float32)}
         if not self.spec.latent:
             return {}
         mu, logvar = self.encode(batch)

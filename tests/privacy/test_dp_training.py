@@ -73,6 +73,12 @@ def test_zero_noise_no_clipping_equals_plain_training(seed: int, method: str) ->
     assert _max_diff(plain, private) < 1e-5
 
 
+def test_oracle_takes_the_dp_path_like_plain_training() -> None:
+    """The oracle's type one-hot runs under the vmap engine (F.one_hot did not: .item())."""
+    plain, private = _train_both("oracle", 0.05, 3)
+    assert _max_diff(plain, private) < 1e-5
+
+
 def test_control_noise_or_clipping_changes_the_result() -> None:
     """The property above would pass vacuously if the DP path ignored its parameters."""
     plain, noisy = _train_both("fedvpl-ortho", 0.05, 1, noise=1e-12)  # std 1
