@@ -43,17 +43,19 @@ def _free_port() -> int:
 
 def federation_round_times(tmp: Path, n: int, pairs: int) -> tuple[list[float], list[float]]:
     """Server + n client processes, 2 * (pairs + 1) alternating rounds; (plain, secure) seconds."""
-    from fedvpa_secure.commands.simulate import prepare_run
+    from fedvpa_secure.commands import simulate
 
     out = tmp / f"n{n}"
-    args = argparse.Namespace(
-        out=str(out), clients=n, clients_per_round=0, rounds=2 * (pairs + 1),
-        protocol="synthetic", data=None, method="fedvpa-gp", backbone="tiny-causal",
-        max_length=64, pairs_per_client=16, eval_clients=3, local_steps=5, seed=0,
-        server_optimizer=None, plain=False, stage_deadline=60.0, timeout=900.0,
-        cache_dir=str(tmp / "cache"),
-    )  # fmt: skip
-    server_toml, ids, files = prepare_run(args)
+    cli = argparse.ArgumentParser()
+    simulate.register(cli.add_subparsers())
+    # simulate's own parser: every other flag keeps its default; no DP: the round cost only
+    args = cli.parse_args([
+        "simulate", "--out", str(out), "--clients", str(n), "--rounds", str(2 * (pairs + 1)),
+        "--protocol", "synthetic", "--backbone", "tiny-causal", "--max-length", "64",
+        "--pairs-per-client", "16", "--eval-clients", "3", "--stage-deadline", "60",
+        "--timeout", "900", "--cache-dir", str(tmp / "cache"), "--dp-epsilon", "0",
+    ])  # fmt: skip
+    server_toml, ids, files = simulate.prepare_run(args)
     port = _free_port()
     text = server_toml.read_text().replace("127.0.0.1:0", f"127.0.0.1:{port}")
     server_toml.write_text(text.replace("[rounds]\n", "[rounds]\nalternate_plain = true\n"))
