@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +18,24 @@ from fedvpa_secure.server.coordinator import Coordinator, Hooks
 from fedvpa_secure.server.serve import start_grpc
 from fedvpa_secure.server.settings import QuantSettings, RoundSettings, TlsFiles
 from fedvpa_secure.transport.pki import client_files, load_registry, make_federation
+
+# how tests start real server and client processes, and the smallest real learner they train
+CLI = [sys.executable, "-m", "fedvpa_secure.cli"]
+ENV = dict(os.environ, HF_HUB_OFFLINE="1", CI="1")
+TINY = [
+    "--backbone",
+    "tiny-causal",
+    "--max-length",
+    "64",
+    "--pairs-per-client",
+    "16",
+    "--eval-clients",
+    "3",
+    "--local-steps",
+    "2",
+    "--server-optimizer",
+    "avg",
+]
 
 DIM = 8
 SPEC = {

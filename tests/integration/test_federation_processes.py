@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,25 +19,9 @@ from safetensors.numpy import load_file
 
 from fedvpa_secure.cli import main as cli_main
 from fedvpa_secure.commands.simulate import prepare_run
+from tests.integration.fedkit import CLI, ENV, TINY
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-TINY = [
-    "--backbone",
-    "tiny-causal",
-    "--max-length",
-    "64",
-    "--pairs-per-client",
-    "16",
-    "--eval-clients",
-    "3",
-    "--local-steps",
-    "2",
-    "--server-optimizer",
-    "avg",
-]
-CLI = [sys.executable, "-m", "fedvpa_secure.cli"]
-ENV = dict(os.environ, HF_HUB_OFFLINE="1", CI="1")
 
 
 def _args(out: Path, cache: Path, clients: int, rounds: int, **kw) -> argparse.Namespace:

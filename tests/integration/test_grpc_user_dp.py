@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -33,7 +31,16 @@ from fedvpa_secure.transport.pki import load_registry
 from privacy import BudgetPolicy, PersistentAccountant, compute_epsilon
 from privacy.distributed import calibrate_distributed_noise
 from privacy.ledger import Ledger
-from tests.integration.fedkit import DIM, SPEC, ToyServer, client_settings, make_certs
+from tests.integration.fedkit import (
+    CLI,
+    DIM,
+    ENV,
+    SPEC,
+    TINY,
+    ToyServer,
+    client_settings,
+    make_certs,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -190,23 +197,6 @@ def test_user_dp_over_grpc_noises_the_sum_at_the_planned_scale(tmp_path: Path) -
 
 
 # -- real server and client processes ------------------------------------------------------------
-
-CLI = [sys.executable, "-m", "fedvpa_secure.cli"]
-ENV = dict(os.environ, HF_HUB_OFFLINE="1", CI="1")
-TINY = [
-    "--backbone",
-    "tiny-causal",
-    "--max-length",
-    "64",
-    "--pairs-per-client",
-    "16",
-    "--eval-clients",
-    "3",
-    "--local-steps",
-    "2",
-    "--server-optimizer",
-    "avg",
-]
 
 
 def test_simulate_with_user_dp_records_every_round_and_audits(tmp_path: Path) -> None:
