@@ -5,9 +5,11 @@ from __future__ import annotations
 import torch
 
 from fedvpa_secure.config import ExperimentConfig, ModelConfig, ObjectiveConfig, TrainConfig
+from fedvpa_secure.model.objective import bt_nll
 from fedvpa_secure.model.preference_model import PreferenceModel
 from fedvpa_secure.train.dp_config import DPConfig
-from fedvpa_secure.train.tensors import ClientTensors
+from fedvpa_secure.train.local import sample_episodes
+from fedvpa_secure.train.tensors import ClientTensors, make_batch
 
 EMBED = 32
 
@@ -92,3 +94,32 @@ def tiny_model(cfg: ExperimentConfig, seed: int = 0) -> PreferenceModel:
         backbone = add_lora(Backbone("tiny-causal", cfg.model.max_length), cfg.model)
         embed = backbone.info.hidden_size
     return PreferenceModel(cfg.spec, cfg.model, cfg.objective, embed, 2, backbone, seed=seed)
+
+
+def expected_dp_step(cfg, client, before, clip, noise_std, seed, rng) -> dict:
+    """One DP-SGD step by hand from independent per-episode backward passes.
+
+    Clip each episode's gradient to ``clip``, sum, add N(0, noise_std^2) from a generator seeded
+    like the trainer's (none when ``noise_std`` is 0, as Opacus draws none then), divide by the
+    number of episodes and take an SGD step: what ``train_local_dp`` must reproduce exactly.
+    """
+    ref = tiny_model(cfg, 0)
+    ref.load_state_dict(before)
+    rng.integers(2**31)  # the trainer's Gumbel seed
+    items = sample_episodes([client], 4, 2, 10**9, rng)
+    grads = []
+    for item in items:
+        ref.zero_grad()
+        one = make_batch([item])
+        bt_nll(ref(one)["logits"], one.query_label, one.query_mask).sum().backward()
+        grads.append({n: p.grad.detach().clone() for n, p in ref.named_parameters()})
+    gen = torch.Generator().manual_seed(seed)
+    expected = {}
+    for n, p in ref.named_parameters():  # optimizer order = parameter order (one group here)
+        total = torch.zeros_like(p)
+        for g in grads:
+            norm = torch.sqrt(sum((gg**2).sum() for gg in g.values()))
+            total += g[n] * min(1.0, clip / (float(norm) + 1e-6))
+        noise = torch.normal(0.0, noise_std, size=p.shape, generator=gen) if noise_std else 0.0
+        expected[n] = before[n] - cfg.train.learning_rate * (total + noise) / len(items)
+    return expected

@@ -18,17 +18,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from dp_testkit import frozen_client, tiny_config, tiny_model
+from dp_testkit import expected_dp_step, frozen_client, tiny_config, tiny_model
 
 from fedvpa_secure.cli import main
 from fedvpa_secure.errors import ConfigError
-from fedvpa_secure.model.objective import bt_nll
 from fedvpa_secure.train.dp_config import DEFAULT_MAX_NOISE_STEP, DPConfig, allow_test_mutants
 from fedvpa_secure.train.dp_local import UNCLIPPED_NORM, opacus_parameters, train_local_dp
 from fedvpa_secure.train.leakage import LeakageSettings, empirical_audit
 from fedvpa_secure.train.leakage_dp import DPSettings, record_dp_config
-from fedvpa_secure.train.local import ClientState, sample_episodes
-from fedvpa_secure.train.tensors import make_batch
+from fedvpa_secure.train.local import ClientState
 
 CPU = torch.device("cpu")
 CLAIM = 0.25  # the record-level epsilon every audited ledger claims
@@ -76,30 +74,6 @@ def test_a_mutant_is_refused_outside_the_audit(tmp_path: Path) -> None:
         DPClients(cfg, [frozen_client()], tmp_path / "closed-again")
 
 
-def _expected_step(cfg, client, before, clip, noise_std, seed, rng):
-    """One DP-SGD step from independent per-episode gradients (clip, sum, noise, scale)."""
-    ref = tiny_model(cfg, 0)
-    ref.load_state_dict(before)
-    rng.integers(2**31)  # the trainer's Gumbel seed
-    items = sample_episodes([client], 4, 2, 10**9, rng)
-    grads = []
-    for item in items:
-        ref.zero_grad()
-        one = make_batch([item])
-        bt_nll(ref(one)["logits"], one.query_label, one.query_mask).sum().backward()
-        grads.append({n: p.grad.detach().clone() for n, p in ref.named_parameters()})
-    gen = torch.Generator().manual_seed(seed)
-    expected = {}
-    for n, p in ref.named_parameters():
-        total = torch.zeros_like(p)
-        for g in grads:
-            norm = torch.sqrt(sum((gg**2).sum() for gg in g.values()))
-            total += g[n] * min(1.0, clip / (float(norm) + 1e-6))
-        noise = torch.normal(0.0, noise_std, size=p.shape, generator=gen) if noise_std else 0.0
-        expected[n] = before[n] - cfg.train.learning_rate * (total + noise) / len(items)
-    return expected
-
-
 @pytest.mark.parametrize(
     ("mutant", "clip_used", "noise_std"),
     [("zero-noise", 0.05, 0.0), ("no-clipping", float("inf"), 0.7 * 0.05)],
@@ -126,7 +100,7 @@ def test_one_mutant_step_by_hand(mutant: str, clip_used: float, noise_std: float
         mutant=mutant,
     )
     assert result.noise_multiplier == z  # what the caller accounts: the honest claim
-    expected = _expected_step(
+    expected = expected_dp_step(
         cfg, client, before, clip_used, noise_std, seed, np.random.default_rng(5)
     )
     for n, p in model.named_parameters():

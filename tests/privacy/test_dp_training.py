@@ -8,12 +8,11 @@ import copy
 import numpy as np
 import pytest
 import torch
-from dp_testkit import frozen_client, tiny_config, tiny_model
+from dp_testkit import expected_dp_step, frozen_client, tiny_config, tiny_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedvpa_secure.errors import ConfigError
-from fedvpa_secure.model.objective import bt_nll
 from fedvpa_secure.train.dp_config import DPConfig, UserDPConfig
 from fedvpa_secure.train.dp_local import (
     per_sample_loop,
@@ -128,33 +127,10 @@ def test_one_dp_step_is_clip_sum_noise_scale_by_hand() -> None:
         "vmap",
         torch.Generator().manual_seed(seed),
     )
-    expected = _expected_step(cfg, client, before, clip, z, seed, np.random.default_rng(5))
+    assert sample_rate([client], cfg) == 1.0  # every episode in the step, as done by hand
+    expected = expected_dp_step(cfg, client, before, clip, z * clip, seed, np.random.default_rng(5))
     for n, p in model.named_parameters():
         torch.testing.assert_close(p.detach(), expected[n], rtol=1e-5, atol=1e-6)
-
-
-def _expected_step(cfg, client, before, clip, z, seed, rng):
-    ref = tiny_model(cfg, 0)
-    ref.load_state_dict(before)
-    rng.integers(2**31)  # the trainer's Gumbel seed
-    items = sample_episodes([client], 4, 2, 10**9, rng)
-    assert sample_rate([client], cfg) == 1.0
-    grads = []
-    for item in items:
-        ref.zero_grad()
-        one = make_batch([item])
-        bt_nll(ref(one)["logits"], one.query_label, one.query_mask).sum().backward()
-        grads.append({n: p.grad.detach().clone() for n, p in ref.named_parameters()})
-    gen = torch.Generator().manual_seed(seed)
-    expected = {}
-    for n, p in ref.named_parameters():  # optimizer order = parameter order (one group here)
-        total = torch.zeros_like(p)
-        for g in grads:
-            norm = torch.sqrt(sum((gg**2).sum() for gg in g.values()))
-            total += g[n] * min(1.0, clip / (float(norm) + 1e-6))
-        noise = torch.normal(0.0, z * clip, size=p.shape, generator=gen)
-        expected[n] = before[n] - cfg.train.learning_rate * (total + noise) / len(items)
-    return expected
 
 
 def test_config_validation_names_the_field() -> None:
