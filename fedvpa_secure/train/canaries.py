@@ -22,7 +22,7 @@ way whether or not the canary was included, so in and out canaries are scored id
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -89,13 +89,9 @@ def _fresh_pairs(data: FederatedData, n: int, seed: int, agreeing_only: bool) ->
 def _flipped(pair: Pair) -> Pair:
     """The same comparison with every type's label flipped (the rude answer wins)."""
     flip = 1 - pair.preferred
-    return Pair(
-        pair_id=pair.pair_id,
-        prompt=pair.prompt,
-        response_a=pair.response_a,
-        response_b=pair.response_b,
+    return replace(
+        pair,
         preferred=flip,
-        user_type=pair.user_type,
         conflicting=False,
         labels_by_type={t: flip for t in pair.labels_by_type},
         subset="canary",
@@ -104,14 +100,9 @@ def _flipped(pair: Pair) -> Pair:
 
 def _random_labels(pair: Pair, rng: np.random.Generator) -> Pair:
     label = int(rng.integers(2))
-    return Pair(
-        pair_id=pair.pair_id,
-        prompt=pair.prompt,
-        response_a=pair.response_a,
-        response_b=pair.response_b,
+    return replace(
+        pair,
         preferred=label,
-        user_type=pair.user_type,
-        conflicting=pair.conflicting,
         labels_by_type={t: label for t in pair.labels_by_type},
         subset="canary",
     )

@@ -73,16 +73,8 @@ def _expected(cfg, model, client, noise_seed):
     return expected, any(f < 1.0 for f in factors)
 
 
-@pytest.mark.parametrize("engine", ["hooks", "loop"])
-def test_lora_moves_as_the_clipped_noised_gradient_and_frozen_weights_stay_bit_identical(engine):
-    cfg, model, client = _setup()
-    frozen_before = {
-        n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad
-    }
-    lora_before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
-    assert frozen_before and lora_before
-    expected, clipped = _expected(cfg, model, client, NOISE_SEED)
-    assert clipped  # the check exercises clipping, not just summation
+def _one_dp_step(model, cfg, client, engine: str) -> None:
+    """One DP-SGD step with the test's fixed data and noise seeds."""
     train_local_dp(
         model,
         [client],
@@ -97,6 +89,19 @@ def test_lora_moves_as_the_clipped_noised_gradient_and_frozen_weights_stay_bit_i
         engine,
         torch.Generator().manual_seed(NOISE_SEED),
     )
+
+
+@pytest.mark.parametrize("engine", ["hooks", "loop"])
+def test_lora_moves_as_the_clipped_noised_gradient_and_frozen_weights_stay_bit_identical(engine):
+    cfg, model, client = _setup()
+    frozen_before = {
+        n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad
+    }
+    lora_before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+    assert frozen_before and lora_before
+    expected, clipped = _expected(cfg, model, client, NOISE_SEED)
+    assert clipped  # the check exercises clipping, not just summation
+    _one_dp_step(model, cfg, client, engine)
     after = dict(model.named_parameters())
     for n, p in frozen_before.items():
         assert torch.equal(after[n].detach(), p), f"frozen weight {n} changed"
@@ -110,20 +115,7 @@ def test_control_a_different_noise_draw_is_detected():
     """The comparison above is sharp enough to see a wrong noise vector."""
     cfg, model, client = _setup()
     wrong, _ = _expected(cfg, model, client, NOISE_SEED + 1)
-    train_local_dp(
-        model,
-        [client],
-        ClientState(),
-        cfg,
-        1,
-        1.0,
-        np.random.default_rng(DATA_SEED),
-        CPU,
-        Z,
-        CLIP,
-        "hooks",
-        torch.Generator().manual_seed(NOISE_SEED),
-    )
+    _one_dp_step(model, cfg, client, "hooks")
     after = dict(model.named_parameters())
     worst = max(
         float((after[n].detach() - v).abs().max()) for n, v in wrong.items() if "lora_" in n
