@@ -2,13 +2,16 @@
 
     python benchmarks/dp_bench.py [--json out.json] [--quick] [--repeats N] [--threads N]
 
-Cases: frozen mode (cached embeddings, heads only; per-episode gradients by ``torch.func.vmap``)
-and lora mode (backbone with LoRA inside the step; one backward pass per episode) with the tiny
-causal backbone and the real all-MiniLM-L6-v2 at small batches. A step is one local step of
-``train_local`` (plain) or ``train_local_dp`` (DP: per-episode gradients, clipping, noise) on
-the same client, with sampling rate 1 so both see the same number of episodes. Target (issue
-text): DP step <= 1.5x the plain step. Plain and DP steps alternate ``--repeats`` times; the
-reported ratio is the median of the per-pair ratios.
+Cases: frozen mode (cached embeddings, heads only) and lora mode (backbone with LoRA inside the
+step) with the tiny causal backbone and the real all-MiniLM-L6-v2 at small batches, all with the
+default per-episode gradient engine (``hooks``: one forward and one backward pass, exact
+per-episode norms, Opacus adds the noise; :mod:`fedvpa_secure.train.dp_hooks`); the frozen case
+is also run with the ``vmap`` engine (``torch.func.vmap`` over episodes, the default before) as a
+reference. A step is one call of ``train_local`` (plain) or ``train_local_dp`` (DP: per-episode
+gradients, clipping, noise) with one local step on the same client, so per-round set-up (the
+optimisers) is inside both; sampling rate 1, so both see the same number of episodes. Target
+(issue text): DP step <= 1.5x the plain step. Plain and DP steps alternate ``--repeats`` times;
+the reported ratio is the median of the per-pair ratios.
 """
 
 from __future__ import annotations
@@ -61,7 +64,9 @@ def _client(n: int, embed: int | None, length: int, vocab: int, seed: int = 0) -
     )
 
 
-def _case(name: str, backbone: str, mode: str, ctx: int, query: int, length: int, n: int):
+def _case(
+    name: str, backbone: str, mode: str, ctx: int, query: int, length: int, n: int, engine: str
+):
     model_cfg = ModelConfig(
         backbone=backbone, mode=mode, max_length=max(16, length), latent_dim=32, hidden_dim=128
     )
@@ -87,7 +92,7 @@ def _case(name: str, backbone: str, mode: str, ctx: int, query: int, length: int
         client = _client(n, embed_dim, length, 0)
     torch.manual_seed(0)
     model = PreferenceModel(cfg.spec, cfg.model, cfg.objective, embed_dim, 2, bb)
-    return name, cfg, model, client, n_episodes
+    return name, cfg, model, client, n_episodes, engine
 
 
 def _paired(plain, private, repeats: int) -> tuple[float, float, float]:
@@ -114,17 +119,19 @@ def _paired(plain, private, repeats: int) -> tuple[float, float, float]:
 def run(quick: bool, repeats: int) -> list[dict]:
     device = pick_device("auto")
     cases = [
-        ("frozen (MiniLM dim, heads)", "all-MiniLM-L6-v2", "frozen", 8, 4, 0, 96),
-        ("lora tiny-causal", "tiny-causal", "lora", 4, 2, 32, 24),
+        ("frozen (MiniLM dim, heads)", "all-MiniLM-L6-v2", "frozen", 8, 4, 0, 96, "hooks"),
+        ("frozen (MiniLM dim, heads)", "all-MiniLM-L6-v2", "frozen", 8, 4, 0, 96, "vmap"),
+        ("lora tiny-causal", "tiny-causal", "lora", 4, 2, 32, 24, "hooks"),
     ]
     if not quick:
-        cases.append(("lora MiniLM (small batch)", "all-MiniLM-L6-v2", "lora", 4, 2, 64, 12))
+        cases.append(
+            ("lora MiniLM (small batch)", "all-MiniLM-L6-v2", "lora", 4, 2, 64, 12, "hooks")
+        )
     rows = []
     for spec in cases:
-        name, cfg, model, client, n_episodes = _case(*spec)
+        name, cfg, model, client, n_episodes, engine = _case(*spec)
         model = model.to(device)
         plain_model, dp_model = model, copy.deepcopy(model)
-        engine = "hooks" if cfg.model.mode == "lora" else "vmap"
 
         def plain(m=plain_model, c=client, cf=cfg) -> None:
             train_local(m, [c], ClientState(), cf, 1, 0.5, np.random.default_rng(0), device)
@@ -147,7 +154,7 @@ def run(quick: bool, repeats: int) -> list[dict]:
                 "meets_target": ratio <= TARGET,
             }
         )
-        print(f"  measured {name}", file=sys.stderr, flush=True)
+        print(f"  measured {name} ({engine})", file=sys.stderr, flush=True)
     return rows
 
 

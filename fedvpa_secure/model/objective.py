@@ -29,7 +29,10 @@ from fedvpa_secure.model.prior import (
 class PriorContext:
     """What the client trains against this step: global prototypes/variances, local weights."""
 
-    prototypes: torch.Tensor | None  # (K, d) model parameter (gradients flow)
+    # (K, d) model parameter (gradients flow); or (B, K, d), one detached copy per episode, when
+    # the DP hooks engine wants per-episode prototype gradients (the data-independent
+    # orthogonality term is then left to the caller)
+    prototypes: torch.Tensor | None
     variances: torch.Tensor | None  # (K,) global s_k^2
     log_weights: torch.Tensor | None  # (K,) log Gumbel-Softmax draw w; None: N(0, I) prior
 
@@ -77,15 +80,19 @@ def pull_to_component(
     synthetic data: FedVPA-GP stuck at 0.46 on controversial pairs). Per dimension, lambda = 1
     weighs the pull like one BT term whatever d is.
     """
-    protos = prior.prototypes
+    protos = prior.prototypes  # (K, d), or (B, K, d): one copy per episode (DP hooks engine)
     if spec.mixture_prior and prior.log_weights is not None:
         scores = prior.log_weights + component_log_densities(
             mu.detach(), protos.detach(), prior.variances
         )
     else:
-        scores = -((mu.detach().unsqueeze(1) - protos.detach().unsqueeze(0)) ** 2).sum(-1)
+        scores = -((mu.detach().unsqueeze(-2) - protos.detach()) ** 2).sum(-1)
     c_star = scores.argmax(-1)
-    return ((z - protos[c_star]) ** 2).mean(-1)
+    if protos.dim() == 3:
+        chosen = protos[torch.arange(protos.shape[0], device=protos.device), c_star]
+    else:
+        chosen = protos[c_star]
+    return ((z - chosen) ** 2).mean(-1)
 
 
 @dataclass
@@ -117,7 +124,8 @@ def episode_loss(
         kl = kl_to_prior(outputs["mu"], outputs["logvar"], spec, prior, cfg.kl_samples)
         per_episode = per_episode + cfg.beta * kl
         if spec.ortho_pull:
-            ortho = cfg.ortho_weight * orthogonality_penalty(prior.prototypes, cfg.prior_scale)
+            if prior.prototypes.dim() == 2:  # per-episode copies: the DP trainer adds it itself
+                ortho = cfg.ortho_weight * orthogonality_penalty(prior.prototypes, cfg.prior_scale)
             if cfg.pull_weight > 0:
                 pull = pull_to_component(outputs["z"], outputs["mu"], prior, spec)
                 per_episode = per_episode + cfg.pull_weight * pull

@@ -84,10 +84,11 @@ class DPConfig:
             and made any target <= 6 impossible.)
         prior_v_clip: Per-episode bound on ``||mu_e - P_k||^2 / d`` in the v-statistics; ``None``
             derives ``(mu_clip + max_k ||P_k||)^2 / d`` each round from public quantities.
-        engine: Per-sample gradient engine: ``vmap`` (torch.func over whole episodes; frozen
-            mode), ``hooks`` (one backbone pass, per-text Linear-adapter gradients summed per
-            episode; lora mode), ``loop`` (one backward pass per episode; any model, slowest),
-            ``auto`` (vmap for frozen mode, hooks for lora mode).
+        engine: Per-episode gradient engine: ``hooks`` (one forward and one backward pass;
+            per-layer contributions summed per episode, exact norms, clipped sum handed to
+            Opacus for the noise; frozen and lora mode; the fastest), ``vmap`` (torch.func over
+            whole episodes; frozen mode), ``loop`` (one backward pass per episode; any model,
+            slowest), ``auto`` (hooks).
         learning_rate: The client's head learning rate under DP-SGD; ``None`` keeps
             ``train.learning_rate``. Either way the noise cap below applies.
         max_noise_step: Cap on ``lr * z * C / B``, the standard deviation of the noise one

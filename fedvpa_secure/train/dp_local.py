@@ -13,10 +13,15 @@ Why DPOptimizer with our own per-sample gradients instead of ``PrivacyEngine`` /
 activations are batch-first in the Opacus sample. Here the prototypes enter the loss outside any
 layer, and in lora mode the backbone sees ``B * N`` texts for ``B`` episodes, so a per-layer
 sampler would clip per text, not per episode. We compute exact per-episode gradients of the
-whole loss (``torch.func.vmap`` over episodes in frozen mode; in lora mode one backbone pass with
-per-text adapter gradients summed per episode, :mod:`fedvpa_secure.train.dp_hooks`; or one
-backward pass per episode) and let Opacus clip, noise and scale them: the privacy-critical
-arithmetic stays Opacus'. Accounting is ours (:mod:`privacy`), ledger-backed, so a new optimiser
+whole loss and let Opacus noise and scale them. The default engine (``hooks``,
+:mod:`fedvpa_secure.train.dp_hooks`; frozen and lora mode alike) takes one forward and one
+backward pass, clips each episode with Opacus' factor ``min(1, C / (||g_e|| + 1e-6))`` from
+exact per-episode norms, and hands the clipped sum to Opacus'
+``DPOptimizerFastGradientClipping`` (the optimizer Opacus pairs with ghost clipping), which adds
+the noise and divides by the expected batch. The ``vmap`` (frozen mode) and ``loop`` (any model)
+engines materialise per-episode gradients and let Opacus' ``DPOptimizer`` clip them too: two
+independent implementations that the tests hold the default to. Accounting is ours
+(:mod:`privacy`), ledger-backed, so a new optimiser
 per round never resets epsilon.
 
 Data-independent and local terms: the orthogonality penalty depends only on the prototypes, so
@@ -35,19 +40,19 @@ with :class:`DPDivergedError` rather than releasing non-finite weights.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from opacus.optimizers import DPOptimizer
+from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
 from torch.func import functional_call, grad, vmap
 
 from fedvpa_secure.config import ExperimentConfig
 from fedvpa_secure.errors import ConfigError, FedVPAError
 from fedvpa_secure.model.objective import LossParts, PriorContext, episode_loss
 from fedvpa_secure.model.preference_model import EpisodeBatch, PreferenceModel
-from fedvpa_secure.model.prior import orthogonality_penalty
+from fedvpa_secure.model.prior import orthogonality_gradient
 from fedvpa_secure.train.dp_config import DPConfig
 from fedvpa_secure.train.local import (
     ClientState,
@@ -110,7 +115,6 @@ class PerSampleGrads:
     grads: dict[str, torch.Tensor]  # name -> (B, *param.shape)
     log_weights_grad: torch.Tensor | None  # d sum_e loss_e / d log w (K,)
     parts: LossParts | None
-    input_grads: dict[str, torch.Tensor] | None = None  # field -> (B, ...) d loss_e / d input_e
 
 
 def per_sample_vmap(
@@ -119,31 +123,26 @@ def per_sample_vmap(
     cfg: ExperimentConfig,
     prior: PriorContext,
     names: Sequence[str],
-    input_fields: Sequence[str] = (),
 ) -> PerSampleGrads:
     """Exact per-episode gradients with ``torch.func.vmap(grad(...))`` over the episode dim.
 
     Each episode is presented to the model as a batch of one, so modules see the same shapes as
     in plain training; random draws use ``randomness="different"`` (independent per episode).
-    ``input_fields`` (float batch fields such as ``ctx_chosen``) also get the gradient of each
-    episode's loss with respect to that episode's own inputs (used by the hooks engine).
+    Frozen mode only (the backbone's Hugging Face code does not trace under vmap); kept as an
+    independent cross-check of the default hooks engine.
     """
     params = {n: p.detach() for n, p in model.named_parameters() if n in names}
     frozen = {n: p.detach() for n, p in model.named_parameters() if n not in names}
     buffers = dict(model.named_buffers())
     log_w = None if prior.log_weights is None else prior.log_weights.detach()
     present = {k: getattr(batch, k) for k in _FIELDS if getattr(batch, k) is not None}
-    diff = {k: present.pop(k).detach() for k in input_fields}
 
-    def one(
-        p: dict, lw: torch.Tensor | None, inputs: dict, rest: dict
-    ) -> tuple[torch.Tensor, tuple]:
+    def one(p: dict, lw: torch.Tensor | None, sample: dict) -> tuple[torch.Tensor, tuple]:
         def up(x):
             if isinstance(x, dict):
                 return {k: v.unsqueeze(0) for k, v in x.items()}
             return x.unsqueeze(0)
 
-        sample = {**rest, **inputs}
         eb = EpisodeBatch(**{k: up(sample[k]) if k in sample else None for k in _FIELDS})
         out = functional_call(model, ({**p, **frozen}, buffers), (eb,), {"sample": True})
         pr = PriorContext(
@@ -153,14 +152,12 @@ def per_sample_vmap(
         )
         parts = episode_loss(out, eb.query_label, eb.query_mask, model.spec, cfg.objective, pr)
         loss = parts.per_episode.sum()
-        aux = (parts.bt.detach(), _or_nan(parts.kl), _or_nan(parts.pull))
+        aux = (parts.bt.detach(), or_nan(parts.kl), or_nan(parts.pull))
         return loss, aux
 
-    argnums = (0, *((1,) if log_w is not None else ()), *((2,) if diff else ()))
+    argnums = (0, *((1,) if log_w is not None else ()))
     fn = grad(one, argnums=argnums, has_aux=True)
-    grads, aux = vmap(fn, in_dims=(None, None, 0, 0), randomness="different")(
-        params, log_w, diff, present
-    )
+    grads, aux = vmap(fn, in_dims=(None, None, 0), randomness="different")(params, log_w, present)
     by_arg = dict(zip(argnums, grads, strict=True))
     g_params = by_arg[0]
     lw_grad = by_arg[1].sum(0) if 1 in by_arg else None
@@ -168,10 +165,11 @@ def per_sample_vmap(
     parts = LossParts(
         per_episode=bt, ortho=bt.new_zeros(()), bt=bt, kl=kl, pull=pull
     )  # logging only
-    return PerSampleGrads(dict(g_params), lw_grad, parts, by_arg.get(2))
+    return PerSampleGrads(dict(g_params), lw_grad, parts)
 
 
-def _or_nan(x: torch.Tensor | None) -> torch.Tensor:
+def or_nan(x: torch.Tensor | None) -> torch.Tensor:
+    """A detached loss term for the step log; NaN where the method has no such term."""
     if x is None:
         return torch.full((1,), float("nan"))
     return x.detach()
@@ -205,18 +203,20 @@ def per_sample_loop(
         if lw is not None and gs[-1] is not None:
             lw_grad = lw_grad + gs[-1].detach()
         bts.append(parts.bt.detach())
-        kls.append(_or_nan(parts.kl))
-        pulls.append(_or_nan(parts.pull))
+        kls.append(or_nan(parts.kl))
+        pulls.append(or_nan(parts.pull))
     bt = torch.cat(bts)
     parts = LossParts(bt, bt.new_zeros(()), bt, torch.cat(kls), torch.cat(pulls))
     return PerSampleGrads({n: torch.stack(v) for n, v in per.items()}, lw_grad, parts)
 
 
-def resolve_engine(dp: DPConfig, model: PreferenceModel) -> str:
-    """``auto``: vmap when the backbone is outside the step (frozen), hooks when it is inside."""
-    if dp.engine != "auto":
-        return dp.engine
-    return "hooks" if model.backbone is not None else "vmap"
+def resolve_engine(dp: DPConfig) -> str:
+    """``auto``: the hooks engine (one forward and backward pass, frozen and lora mode alike).
+
+    ``vmap`` (frozen mode) and ``loop`` (any model) stay available as independent
+    implementations of the same per-episode gradients.
+    """
+    return "hooks" if dp.engine == "auto" else dp.engine
 
 
 def engine_function(engine: str):
@@ -230,6 +230,24 @@ def engine_function(engine: str):
     if engine == "vmap":
         return per_sample_vmap
     raise ConfigError(f"engine={engine!r} is unknown: choose vmap, hooks or loop")
+
+
+class ClippedSumDPOptimizer(DPOptimizerFastGradientClipping):
+    """Opacus' optimizer for gradients that arrive clipped and summed (``p.grad``): it adds the
+    noise ``N(0, (z C)^2)`` and divides by the expected batch, exactly as ``DPOptimizer`` does
+    after its own clipping.
+
+    The one change: Opacus' ``accumulate`` deep-copies every ``p.grad`` into ``p.summed_grad``
+    in case several physical batches make one logical batch. Here every step is one batch and
+    ``add_noise`` writes a new ``p.grad``, so the clipped sum is taken over without a copy (a
+    copy per tensor per step was a measurable share of a small model's DP step).
+    """
+
+    def accumulate(self) -> None:
+        for p in self.params:
+            if p.summed_grad is not None:
+                raise RuntimeError("one clipped sum per DP step: zero_grad() between steps")
+            p.summed_grad = p.grad.detach()
 
 
 @dataclass
@@ -309,10 +327,16 @@ def cap_learning_rates(
     return [float(g["lr"]) for g in groups]
 
 
-def check_finite(model: PreferenceModel, names: Sequence[str], step: int, detail: str) -> None:
-    """Fail with a clear message, instead of training on, once a released tensor is not finite."""
-    params = dict(model.named_parameters())
-    bad = [n for n in names if not bool(torch.isfinite(params[n]).all())]
+def check_finite(released: Mapping[str, torch.Tensor], step: int, detail: str) -> None:
+    """Fail with a clear message, instead of training on, once a released tensor is not finite.
+
+    One fused norm over all tensors per step (a norm is not finite when an entry is not); the
+    per-tensor search for the message runs only once something looks wrong.
+    """
+    norms = torch._foreach_norm(list(released.values()))
+    if bool(torch.isfinite(torch.stack(norms)).all()):
+        return
+    bad = [n for n, t in released.items() if not bool(torch.isfinite(t).all())]
     if bad:
         raise DPDivergedError(
             f"DP-SGD diverged at local step {step + 1}: non-finite values in {bad[:3]} "
@@ -332,7 +356,7 @@ def train_local_dp(
     device: torch.device,
     noise_multiplier: float,
     max_grad_norm: float,
-    engine: str = "vmap",
+    engine: str = "hooks",
     noise_generator: torch.Generator | None = None,
     mutant: str | None = None,
     learning_rate: float | None = None,
@@ -365,7 +389,8 @@ def train_local_dp(
         optimizer, noise_multiplier, max_grad_norm, expected_batch, learning_rate, max_noise_step
     )
     opacus_z, opacus_c = opacus_parameters(noise_multiplier, max_grad_norm, mutant)
-    dp_opt = DPOptimizer(
+    fast = engine == "hooks"  # clipped sums from the hooks engine; Opacus adds noise and scales
+    dp_opt = (ClippedSumDPOptimizer if fast else DPOptimizer)(
         optimizer,
         noise_multiplier=opacus_z,
         max_grad_norm=opacus_c,
@@ -374,6 +399,8 @@ def train_local_dp(
         generator=noise_generator,
     )
     params = dict(model.named_parameters())
+    released = {n: params[n] for n in names}
+    step_gradients = _clipped_sums(model, names, opacus_c) if fast else None
     alpha_opt = None
     result = DPLocalResult(
         sample_rate=q, noise_multiplier=float(noise_multiplier), batch_sizes=[], learning_rates=lrs
@@ -396,9 +423,13 @@ def train_local_dp(
         dp_opt.zero_grad(set_to_none=True)
         if alpha_opt is not None:
             alpha_opt.zero_grad(set_to_none=True)
-        if pool:
-            batch = make_batch(pool).to(device)
-            psg = per_sample(model, batch, cfg, prior, names)
+        if step_gradients is not None:
+            psg = step_gradients(make_batch(pool).to(device), cfg, prior) if pool else None
+            if psg is None:  # an empty Poisson draw still takes a (pure-noise) step
+                for n in names:
+                    params[n].grad = torch.zeros_like(params[n])
+        elif pool:
+            psg = per_sample(model, make_batch(pool).to(device), cfg, prior, names)
             for n in names:
                 params[n].grad_sample = psg.grads[n]
         else:  # an empty Poisson draw still takes a (pure-noise) step
@@ -407,12 +438,11 @@ def train_local_dp(
                 params[n].grad_sample = params[n].new_zeros((0, *params[n].shape))
         result.batch_sizes.append(len(pool))
         if dp_opt.pre_step():  # clip per episode, sum, add noise, divide by expected batch
-            ortho = _ortho_term(model, cfg)
+            ortho = _ortho_gradient(model, cfg)
             if ortho is not None:  # data-independent: public post-processing
-                (g,) = torch.autograd.grad(ortho, [model.prototypes])
-                model.prototypes.grad = model.prototypes.grad + g
+                model.prototypes.grad = model.prototypes.grad + ortho
             dp_opt.original_optimizer.step()
-            check_finite(model, names, step, detail)
+            check_finite(released, step, detail)
         if alpha_opt is not None and psg is not None and psg.log_weights_grad is not None:
             alpha.grad = None  # local, never released: trained on the batch gradient
             torch.autograd.backward(
@@ -429,10 +459,30 @@ def train_local_dp(
     return result
 
 
-def _ortho_term(model: PreferenceModel, cfg: ExperimentConfig) -> torch.Tensor | None:
+def _clipped_sums(model: PreferenceModel, names: Sequence[str], max_grad_norm: float):
+    """The hooks engine's step: per-episode clipping to ``max_grad_norm`` and the clipped sum
+    set as ``.grad``, for :class:`~opacus.optimizers.DPOptimizerFastGradientClipping` to add
+    the noise and divide by the expected batch (the same arithmetic as ``DPOptimizer`` after
+    its own clipping; the one-step-by-hand test checks both paths)."""
+    from fedvpa_secure.train.dp_hooks import clipped_sum_hooks, trainable_layers
+
+    layers = trainable_layers(model, names)  # once per round, not once per step
+    params = dict(model.named_parameters())
+
+    def step(batch: EpisodeBatch, cfg: ExperimentConfig, prior: PriorContext) -> PerSampleGrads:
+        clipped = clipped_sum_hooks(model, batch, cfg, prior, names, max_grad_norm, layers, params)
+        for n in names:
+            params[n].grad = clipped.summed[n]
+        return PerSampleGrads({}, clipped.log_weights_grad, clipped.parts)
+
+    return step
+
+
+def _ortho_gradient(model: PreferenceModel, cfg: ExperimentConfig) -> torch.Tensor | None:
+    """Gradient of gamma * ||P P^T - s^2 I||_F^2 (None for methods without it)."""
     if not (model.spec.latent and model.spec.ortho_pull) or model.prototypes is None:
         return None
-    return cfg.objective.ortho_weight * orthogonality_penalty(
+    return cfg.objective.ortho_weight * orthogonality_gradient(
         model.prototypes, cfg.objective.prior_scale
     )
 

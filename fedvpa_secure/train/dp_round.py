@@ -217,7 +217,7 @@ def dp_client_round(
         device,
         noise_multiplier,
         dp.max_grad_norm,
-        resolve_engine(dp, local_model),
+        resolve_engine(dp),
         noise_generator,
         mutant=dp.mutant,  # TEST ONLY; the ledger below still records the honest event
         learning_rate=dp.learning_rate,

@@ -19,6 +19,7 @@ from fedvpa_secure.model.objective import (
 from fedvpa_secure.model.prior import (
     gumbel_softmax_weights,
     init_prototypes,
+    orthogonality_gradient,
     orthogonality_penalty,
     rebuild_prior,
     sufficient_statistics,
@@ -99,6 +100,28 @@ def test_orthogonality_penalty_hand_computation_and_zero_at_init():
     init = init_prototypes(3, 8, 5.0, seed=1)
     assert orthogonality_penalty(init, 5.0).item() == pytest.approx(0.0, abs=1e-6)
     assert torch.allclose(init.norm(dim=1), torch.full((3,), 5.0))
+
+
+def test_orthogonality_gradient_closed_form_equals_autograd():
+    p = torch.randn(3, 6, generator=torch.Generator().manual_seed(2), requires_grad=True)
+    (auto,) = torch.autograd.grad(orthogonality_penalty(p, 2.5), [p])
+    torch.testing.assert_close(orthogonality_gradient(p, 2.5), auto)
+    assert auto.abs().max() > 1e-3  # a non-trivial point, not the minimum
+
+
+def test_pull_with_one_prototype_copy_per_episode_equals_the_shared_prototypes():
+    """The DP hooks engine hands the loss (B, K, d) copies of P; the value must not change."""
+    gen = torch.Generator().manual_seed(4)
+    protos = torch.randn(2, 3, generator=gen)
+    mu, z = torch.randn(5, 3, generator=gen), torch.randn(5, 3, generator=gen)
+    copies = protos.expand(5, -1, -1).clone()
+    for name in ("fedvpl-ortho", "fedvpa-gp"):
+        spec = method_spec(name)
+        lw = torch.log(torch.tensor([0.3, 0.7])) if spec.mixture_prior else None
+        var = torch.ones(2) if spec.mixture_prior else None
+        shared = pull_to_component(z, mu, PriorContext(protos, var, lw), spec)
+        per_episode = pull_to_component(z, mu, PriorContext(copies, var, lw), spec)
+        torch.testing.assert_close(per_episode, shared)
 
 
 def test_episode_loss_adds_the_terms_with_their_weights():
