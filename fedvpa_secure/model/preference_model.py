@@ -123,7 +123,7 @@ class PreferenceModel(nn.Module):
         """The conditioning vector for the decoder, by method."""
         if self.spec.oracle:
             # a comparison, not F.one_hot: one_hot reads the max index (.item()), which
-            # torch.func.vmap (the DP-SGD per-episode engine) cannot trace
+            # torch.func.vmap (the DP-SGD vmap engine) cannot trace
             types = torch.arange(self.n_types, device=batch.user_type.device)
             return {"cond": (batch.user_type.unsqueeze(-1) == types).to(torch.float32)}
         if not self.spec.latent:
