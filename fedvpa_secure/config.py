@@ -15,6 +15,7 @@ from fedvpa_secure.train.dp_config import DPConfig, resolve_prior_noise
 
 PROTOCOLS = ("p1", "p2", "p3", "synthetic")
 MODES = ("frozen", "lora")
+POSTERIORS = ("encoder", "likelihood")
 DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_BACKBONE = "all-MiniLM-L6-v2"
 
@@ -86,9 +87,24 @@ class ModelConfig:
     lora_dropout: float = 0.05
     logvar_min: float = -8.0
     logvar_max: float = 4.0
+    # How a user's z is inferred from its context pairs. "encoder": the amortised attention
+    # encoder q(z | C) of METHOD.md section 2. "likelihood": a balanced E-step instead of an
+    # encoder (PreferenceModel.context_responsibilities): responsibilities of the prototypes
+    # under the DECODER's own Bradley-Terry likelihood of the context labels, z = r @ P. It is
+    # computed locally from the user's own pairs; the server only sees summed statistics.
+    # Only for methods with prototypes (mixture prior or ortho/pull).
+    posterior: str = "encoder"
+    likelihood_temperature: float = 1.0  # divides the E-step logits (1: the plain E-step)
 
     def __post_init__(self) -> None:
         _check(self.mode in MODES, "mode", self.mode, f"one of {MODES}")
+        _check(self.posterior in POSTERIORS, "posterior", self.posterior, f"one of {POSTERIORS}")
+        _check(
+            self.likelihood_temperature > 0,
+            "likelihood_temperature",
+            self.likelihood_temperature,
+            "> 0",
+        )
         _check(bool(self.backbone), "backbone", self.backbone, "a name or a local path")
         _check(16 <= self.max_length <= 4096, "max_length", self.max_length, "16..4096")
         _check(1 <= self.latent_dim <= 1024, "latent_dim", self.latent_dim, "1..1024")
@@ -195,6 +211,11 @@ class TrainConfig:
         "avg"  # avg: FedAvg; adam: FedAdam (Reddi et al. 2021) on the mean delta
     )
     server_learning_rate: float = 1.0
+    # With server_optimizer="adam": plain FedAvg (server lr 1) for this fraction of the rounds
+    # before FedAdam takes over. Measured: FedAdam from round 1 lets the decoder learn the
+    # monolithic reward before the encoder separates the users (synthetic: 1.00 -> ~0.50 on
+    # controversial pairs), while FedAvg alone trains too slowly on HH-RLHF (oracle gain +0.01).
+    server_adam_start_fraction: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -220,6 +241,12 @@ class TrainConfig:
         )
         _check(
             self.server_learning_rate > 0, "server_learning_rate", self.server_learning_rate, "> 0"
+        )
+        _check(
+            0 <= self.server_adam_start_fraction < 1,
+            "server_adam_start_fraction",
+            self.server_adam_start_fraction,
+            "[0, 1)",
         )
 
 
@@ -272,7 +299,14 @@ class ExperimentConfig:
     dp: DPConfig | None = None  # record-level DP-SGD on every client (PRIVACY.md section 1)
 
     def __post_init__(self) -> None:
-        method_spec(self.method)
+        spec = method_spec(self.method)
+        _check(
+            self.model.posterior == "encoder"
+            or (spec.latent and (spec.mixture_prior or spec.ortho_pull)),
+            "model.posterior",
+            self.model.posterior,
+            f"'encoder' for method {self.method!r} (the likelihood posterior needs prototypes)",
+        )
         _check(self.device in DEVICES, "device", self.device, f"one of {DEVICES}")
         if self.dp is not None and self.dp.prior_noise_multiplier is None:
             # the prior's share of the budget depends on the rounds: fix it once, here, so every

@@ -62,6 +62,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--max-length", type=int, default=DEFAULTS.model.max_length)
     g.add_argument("--latent-dim", type=int, default=DEFAULTS.model.latent_dim)
     g.add_argument("--components", type=int, default=DEFAULTS.model.n_components)
+    g.add_argument(
+        "--posterior",
+        choices=("encoder", "likelihood"),
+        default=DEFAULTS.model.posterior,
+        help="how z is inferred from the context: the attention encoder, or a balanced E-step "
+        "on the decoder's own likelihood of the context labels (methods with prototypes)",
+    )
     g.add_argument("--beta", type=float, default=DEFAULTS.objective.beta)
     g = p.add_argument_group("federation")
     g.add_argument("--rounds", type=int, default=DEFAULTS.train.rounds)
@@ -204,6 +211,7 @@ def config_from_args(args: argparse.Namespace, data_cfg: DataConfig) -> Experime
             max_length=args.max_length,
             latent_dim=args.latent_dim,
             n_components=args.components,
+            posterior=args.posterior,
         ),
         objective=ObjectiveConfig(beta=args.beta),
         train=TrainConfig(

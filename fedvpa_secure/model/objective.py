@@ -67,6 +67,19 @@ def kl_to_prior(
     return (log_q - log_p).mean(0)
 
 
+def kl_categorical(resp: torch.Tensor, prior: PriorContext) -> torch.Tensor:
+    """KL(r || w) per episode for the likelihood posterior (a discrete latent over prototypes).
+
+    ``w`` is the client's Gumbel-Softmax draw under the mixture prior, uniform otherwise.
+    """
+    k = resp.shape[-1]
+    if prior.log_weights is None:
+        log_w = resp.new_full((k,), -float(torch.log(torch.tensor(float(k)))))
+    else:
+        log_w = prior.log_weights
+    return (resp * (torch.log(resp.clamp(min=1e-12)) - log_w)).sum(-1)
+
+
 def pull_to_component(
     z: torch.Tensor, mu: torch.Tensor, prior: PriorContext, spec: MethodSpec
 ) -> torch.Tensor:
@@ -121,7 +134,10 @@ def episode_loss(
     kl = pull = None
     ortho = bt.new_zeros(())
     if spec.latent:
-        kl = kl_to_prior(outputs["mu"], outputs["logvar"], spec, prior, cfg.kl_samples)
+        if "resp" in outputs:  # likelihood posterior: z is a mixture of prototypes, no encoder
+            kl = kl_categorical(outputs["resp"], prior)
+        else:
+            kl = kl_to_prior(outputs["mu"], outputs["logvar"], spec, prior, cfg.kl_samples)
         per_episode = per_episode + cfg.beta * kl
         if spec.ortho_pull:
             if prior.prototypes.dim() == 2:  # per-episode copies: the DP trainer adds it itself

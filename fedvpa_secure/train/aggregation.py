@@ -27,7 +27,8 @@ PRIOR_N = "prior/n"
 PRIOR_V = "prior/v"
 PRIOR_M1 = "prior/m1"  # sum of clipped posterior means (d)
 PRIOR_M2 = "prior/m2"  # sum of their outer products (d*d), for re-seeding the prototypes
-PRIOR_KEYS = {"n": PRIOR_N, "v": PRIOR_V, "m1": PRIOR_M1, "m2": PRIOR_M2}
+PRIOR_LL = "prior/ll"  # likelihood posterior: sum of per-episode mean context log-lik (K)
+PRIOR_KEYS = {"n": PRIOR_N, "v": PRIOR_V, "m1": PRIOR_M1, "m2": PRIOR_M2, "ll": PRIOR_LL}
 WEIGHT = "weight"
 MAX_CLIENT_WEIGHT = 4096.0  # example counts are capped so one client cannot dominate the average
 
@@ -119,6 +120,10 @@ def apply_sums(
         )
         model.log_pi.copy_(log_pi.to(model.log_pi.device))
         model.prior_var.copy_(var.to(model.prior_var.device))
+    if PRIOR_LL in sums and PRIOR_N in sums and getattr(model, "likelihood_posterior", False):
+        episodes = max(float(np.sum(sums[PRIOR_N])), 1.0)
+        offset = torch.as_tensor(sums[PRIOR_LL] / episodes, dtype=model.ll_offset.dtype)
+        model.ll_offset.copy_((offset - offset.mean()).to(model.ll_offset.device))
 
 
 @torch.no_grad()
@@ -178,11 +183,16 @@ def server_step(
     The global step and prior rebuild, then, at the end of the prior warm-up, the one-time
     re-seeding of the prototypes for the mixture phase.
     """
-    apply_sums(model, sums, cfg.objective.variance_floor, server_optimizer)
     rounds = cfg.train.rounds
+    if round_index < int(cfg.train.server_adam_start_fraction * rounds):
+        server_optimizer = ServerOptimizer(model, "avg", 1.0)  # FedAvg until FedAdam starts
+    apply_sums(model, sums, cfg.objective.variance_floor, server_optimizer)
     next_uses_mixture = cfg.objective.at_round(round_index + 1, rounds).use_mixture
     if (
         model.spec.mixture_prior
+        # the likelihood posterior conditions the decoder on the prototypes themselves: moving
+        # them would scramble what the decoder has learnt for each
+        and model.encoder is not None
         and next_uses_mixture
         and not cfg.objective.at_round(round_index, rounds).use_mixture
     ):

@@ -77,7 +77,8 @@ def client_prior_statistics(
         return None
     items = sample_episodes([client], cfg.train.context_size, 1, 10**9, rng)
     model.eval()
-    mu, _ = model.encode(make_batch(items).to(device))
+    batch = make_batch(items).to(device)
+    mu, _ = model.encode(batch)
     mu = mu.cpu()
     n_k, v_k = sufficient_statistics(
         mu,
@@ -87,7 +88,11 @@ def client_prior_statistics(
         cfg.objective.mu_clip,
     )
     m1, m2 = moment_statistics(mu, cfg.objective.mu_clip)
-    return {"n": n_k, "v": v_k, "m1": m1, "m2": m2}
+    stats = {"n": n_k, "v": v_k, "m1": m1, "m2": m2}
+    if model.likelihood_posterior:
+        # per-pair mean log-likelihoods are <= 0; clamped so that one episode's share is bounded
+        stats["ll"] = model.context_mean_loglik(batch).clamp(min=-10.0).sum(0).cpu()
+    return stats
 
 
 def _mean_of_finite(values: Sequence[float]) -> float:

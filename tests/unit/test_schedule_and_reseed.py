@@ -107,3 +107,28 @@ def test_server_step_reseeds_exactly_when_the_warmup_ends():
     assert not torch.equal(before, after)
     server_step(model, sums, opt, cfg, round_index=2)
     assert torch.equal(after, model.prototypes.detach())
+
+
+def test_fedadam_starts_only_after_the_fedavg_fraction():
+    """server_adam_start_fraction: FedAvg (step = mean delta) first, FedAdam from then on."""
+    cfg = ExperimentConfig(
+        method="monolithic",
+        model=ModelConfig(latent_dim=6, hidden_dim=8, attention_heads=2),
+        train=TrainConfig(
+            rounds=4,
+            server_optimizer="adam",
+            server_learning_rate=0.01,
+            server_adam_start_fraction=0.5,
+        ),
+    )
+    model = PreferenceModel(cfg.spec, cfg.model, cfg.objective, 8, 2)
+    opt = ServerOptimizer(model, "adam", 0.01)
+    name, param = next(iter(model.named_parameters()))
+    sums = {f"delta/{name}": np.full(tuple(param.shape), 0.5), "weight": np.array([1.0])}
+    for n, p in model.named_parameters():
+        sums.setdefault(f"delta/{n}", np.zeros(tuple(p.shape)))
+    for round_index, step in ((0, 0.5), (1, 0.5), (2, 0.01), (3, 0.01)):
+        before = param.detach().clone()
+        server_step(model, sums, opt, cfg, round_index)
+        moved = (param.detach() - before).abs()
+        assert torch.allclose(moved, torch.full_like(moved, step), rtol=1e-3), round_index
