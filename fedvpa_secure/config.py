@@ -308,6 +308,13 @@ class ExperimentConfig:
             f"'encoder' for method {self.method!r} (the likelihood posterior needs prototypes)",
         )
         _check(self.device in DEVICES, "device", self.device, f"one of {DEVICES}")
+        if self.dp is not None and self.model.posterior != "encoder":
+            raise ConfigError(
+                "model.posterior='likelihood' does not run under record-level DP-SGD yet: its "
+                "prototype-conditioned E-step and its prior/ll release are not part of the "
+                "clipped, noised mechanism; use posterior 'encoder' with --dp-epsilon / "
+                "--noise-multiplier, or drop DP for this experiment"
+            )
         if self.dp is not None and self.dp.prior_noise_multiplier is None:
             # the prior's share of the budget depends on the rounds: fix it once, here, so every
             # client, the ledger and the report use the same multiplier

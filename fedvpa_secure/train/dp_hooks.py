@@ -243,8 +243,15 @@ def _backward_pass(
         outputs, batch.query_label, batch.query_mask, model.spec, cfg.objective, per_episode_prior
     )
     extra = [t for t in (protos, log_w) if t is not None]
-    targets = [c.output for c in recorder.calls] + extra
+    shared_protos = [model.prototypes] if protos is not None else []
+    targets = [c.output for c in recorder.calls] + extra + shared_protos
     got = torch.autograd.grad(parts.per_episode.sum(), targets, allow_unused=True)
+    if shared_protos and got[-1] is not None:
+        raise ConfigError(
+            "the hooks DP engine needs the prototypes to enter the loss only (through the "
+            "prior); this model also uses them in its forward pass: use engine='loop'"
+        )
+    got = got[: len(targets) - len(shared_protos)]
     contributions = _contributions(layers, recorder.calls, got[: len(recorder.calls)], n_episodes)
     tail = dict(zip([id(t) for t in extra], got[len(recorder.calls) :], strict=True))
     if protos is not None:

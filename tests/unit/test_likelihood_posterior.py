@@ -46,6 +46,26 @@ def test_methods_without_prototypes_refuse_it(method):
         _cfg(method)
 
 
+def test_record_level_dp_refuses_it_with_the_way_out():
+    from fedvpa_secure.train.dp_config import DPConfig
+
+    with pytest.raises(ConfigError, match="does not run under record-level DP-SGD"):
+        ExperimentConfig(method="fedvpa-gp", model=MODEL, dp=DPConfig(noise_multiplier=1.0))
+
+
+def test_the_dp_hooks_engine_refuses_prototypes_used_in_the_forward_pass():
+    """The engine takes per-episode prototype gradients from the loss only; this posterior
+    also conditions the decoder on them, so the engine must refuse rather than drop a term."""
+    from fedvpa_secure.train.dp_hooks import per_sample_hooks
+    from fedvpa_secure.train.local import ClientState, prior_context
+
+    cfg, model = _cfg(), _model()
+    prior, _ = prior_context(model, ClientState(), 1.0, torch.Generator().manual_seed(0))
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    with pytest.raises(ConfigError, match="forward pass: use engine='loop'"):
+        per_sample_hooks(model, _batch(), cfg, prior, names)
+
+
 def test_z_is_a_mixture_of_prototypes_from_the_context_only():
     model = _model()
     assert model.encoder is None
