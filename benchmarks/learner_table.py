@@ -12,6 +12,10 @@ turn, so evaluation users' prompts are unseen) and used as --eval-data.
 
 ``--dp-epsilons 1 4 8 none`` adds record-level DP-SGD rows (the privacy-utility table of issue
 4): every other setting stays as in the no-DP row, so a row differs from ``none`` by DP only.
+
+``--train``, ``--objective`` and ``--model`` set any other field of those configs for every row
+(``--train server_optimizer=adam server_learning_rate=0.003 query_size=32 --model hidden_dim=32
+posterior=likelihood --objective beta=0 pull_weight=0``): the session-3 p3 search is rerun so.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import os
 import statistics
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from fedvpa_secure.config import METHODS
@@ -57,6 +62,33 @@ def _cell(values: list[float | None]) -> str:
     return f"{statistics.mean(vals):.3f}±{spread:.3f}"
 
 
+def _fields(items: list[str], group: str) -> dict[str, object]:
+    """``FIELD=VALUE`` pairs; rounds and seeds stay with their own flags (the DP prior share is
+    calibrated to the rounds when the config is built)."""
+    out: dict[str, object] = {}
+    for item in items:
+        name, sep, raw = item.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"--{group} {item!r}: expected FIELD=VALUE")
+        if name in ("rounds", "seed"):
+            flag = "--rounds" if name == "rounds" else "--seeds"
+            raise SystemExit(f"--{group} {name}: set it with {flag}")
+        try:
+            out[name] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[name] = raw
+    return out
+
+
+def _override(cfg, overrides: dict[str, dict[str, object]]):
+    """``cfg`` with the overridden fields (each config validates itself again)."""
+    try:
+        parts = {g: replace(getattr(cfg, g), **v) for g, v in overrides.items() if v}
+    except TypeError as err:  # an unknown field name
+        raise SystemExit(f"bad override: {err}") from None
+    return replace(cfg, **parts) if parts else cfg
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=None, help="HH-RLHF folder (default: synthetic only)")
@@ -77,7 +109,17 @@ def main() -> int:
         default=["none"],
         help="record-level DP-SGD target epsilons per client ('none': no DP)",
     )
+    for group in ("train", "objective", "model"):
+        parser.add_argument(
+            f"--{group}",
+            nargs="+",
+            default=[],
+            metavar="FIELD=VALUE",
+            help=f"override a field of the {group} config for every row (VALUE read as JSON, "
+            "else as a string)",
+        )
     args = parser.parse_args()
+    overrides = {g: _fields(getattr(args, g), g) for g in ("train", "objective", "model")}
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from fedvpa_secure.commands import experiment as experiment_cmd
@@ -125,7 +167,7 @@ def main() -> int:
                 data, data_cfg = load_federated_data(
                     str(train_dir) if hh else "synthetic", protocol, kwargs, seed
                 )
-                cfg = config_from_args(ns, data_cfg)
+                cfg = _override(config_from_args(ns, data_cfg), overrides)
                 out = Path(args.out) / protocol / f"{row.replace(' ', '-')}-s{seed}"
                 report = run_experiment(cfg, data, out)
                 rows.setdefault(protocol, {}).setdefault(row, []).append(report)
