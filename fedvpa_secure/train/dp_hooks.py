@@ -18,8 +18,14 @@ autograd for the gradient of the summed loss with respect to those outputs, the 
 and the Gumbel log-weights in one call (no parameter ``.grad`` is accumulated). It is exact, not
 an approximation: tests compare it with per-episode Jacobian rows and with single-episode
 backward passes. Opacus' own hooks would treat every backbone text as a sample (clipping per text,
-not per episode) and cannot see the prototypes, so it is written here; clipping and noise stay
-Opacus' (``DPOptimizer``).
+not per episode) and cannot see the prototypes, so it is written here.
+
+For DP-SGD (:func:`clipped_sum_hooks`) a Linear weight's per-episode gradient is not even built
+where its norm is cheaper from Gram matrices (the ghost norm); each episode is clipped with
+Opacus' factor and the clipped sum is one matrix product. The noise and the division by the
+expected batch stay Opacus' (``DPOptimizerFastGradientClipping``, the optimizer of its ghost
+clipping). :func:`per_sample_hooks` builds every per-episode gradient, for tests and callers
+that need them.
 
 Why not ``torch.func.vmap`` (the ``vmap`` engine): with heads this small the cost of a step is
 per-operator overhead, and vmap of ``grad`` runs a forward and backward per episode through the
@@ -308,7 +314,10 @@ def clipped_sum_hooks(
     """
     contributions, lw_grad, parts = _backward_pass(model, batch, cfg, prior, names, layers)
     params = dict(model.named_parameters()) if params is None else params
-    squared = torch.stack([c.squared_norms().double() for c in contributions]).sum(0)
+    n_episodes = int(batch.query_label.shape[0])
+    squared = torch.zeros(n_episodes, dtype=torch.float64)
+    if contributions:  # none: the loss reached no trainable tensor (every gradient is 0)
+        squared = torch.stack([c.squared_norms().double().cpu() for c in contributions]).sum(0)
     norms = squared.sqrt()
     factors = (max_grad_norm / (norms + 1e-6)).clamp(max=1.0)  # Opacus' clipping factor
     by_kind = {}
