@@ -21,7 +21,9 @@ $(VENV)/.installed: pyproject.toml
 
 # The main job: certificates, a server and client processes on loopback, secure aggregation,
 # HH-RLHF (protocol p3) when the data is there (synthetic otherwise), report + plots in RUN_OUT.
+# A previous demo run in RUN_OUT is replaced (simulate itself refuses to reuse a run folder).
 run: venv
+	@if [ -e $(RUN_OUT) ]; then echo "replacing the previous run in $(RUN_OUT)"; rm -rf $(RUN_OUT); fi
 	HF_HUB_OFFLINE=1 $(VENV)/bin/fedvpa-secure simulate \
 		$(if $(HH_RLHF_DIR),--protocol p3 --data $(HH_RLHF_DIR),--protocol synthetic) \
 		--out $(RUN_OUT)
