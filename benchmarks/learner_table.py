@@ -32,6 +32,7 @@ from pathlib import Path
 
 from fedvpa_secure.config import METHODS
 from fedvpa_secure.data import split_folder
+from fedvpa_secure.errors import ConfigError
 from fedvpa_secure.train.data_setup import load_federated_data
 from fedvpa_secure.train.experiment import run_experiment
 
@@ -84,9 +85,9 @@ def _override(cfg, overrides: dict[str, dict[str, object]]):
     """``cfg`` with the overridden fields (each config validates itself again)."""
     try:
         parts = {g: replace(getattr(cfg, g), **v) for g, v in overrides.items() if v}
-    except TypeError as err:  # an unknown field name
+        return replace(cfg, **parts) if parts else cfg
+    except (TypeError, ConfigError) as err:  # an unknown field name, a value out of range
         raise SystemExit(f"bad override: {err}") from None
-    return replace(cfg, **parts) if parts else cfg
 
 
 def main() -> int:
