@@ -409,7 +409,7 @@ def train_local_dp(
         f"z={noise_multiplier:.3g}, C={max_grad_norm:.3g}, expected batch {expected_batch}, "
         f"learning rates {[f'{lr:.3g}' for lr in lrs]}"
     )
-    per_sample = engine_function(engine)
+    per_sample = None if fast else engine_function(engine)  # hooks: step_gradients instead
     for step in range(steps):
         pool = sample_episodes(
             clients, cfg.train.context_size, cfg.train.query_size, 10**9, rng
