@@ -101,6 +101,9 @@ def main() -> int:
     parser.add_argument("--eval-clients", type=int, default=10)
     parser.add_argument("--eval-pairs-per-client", type=int, default=200)
     parser.add_argument("--context-size", type=int, default=32)
+    parser.add_argument(
+        "--eval-context-size", type=int, default=0, help="unseen users' K_ctx (0: --context-size)"
+    )
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--out", default="runs/learner_table")
     parser.add_argument("--json", dest="json_path", default=None)
@@ -151,6 +154,8 @@ def main() -> int:
                         str(args.rounds),
                         "--context-size",
                         str(args.context_size),
+                        "--eval-context-size",
+                        str(args.eval_context_size),
                         "--seed",
                         str(seed),
                         *([] if epsilon == "none" else ["--dp-epsilon", epsilon]),

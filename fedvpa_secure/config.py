@@ -203,6 +203,10 @@ class TrainConfig:
     episodes_per_step: int = 8
     context_size: int = 16  # K_ctx labelled pairs of one user, disjoint from the query pairs
     query_size: int = 8
+    # K_ctx of an UNSEEN user at evaluation (0: context_size). The likelihood posterior has no
+    # encoder trained on one context length, so a user may bring more pairs than a training
+    # episode holds; every pair is still scored with a disjoint context (cross-fitting).
+    eval_context_size: int = 0
     learning_rate: float = 0.1
     lora_learning_rate: float = 5e-4
     weight_decay: float = 0.0
@@ -218,6 +222,11 @@ class TrainConfig:
     server_adam_start_fraction: float = 0.0
     seed: int = 0
 
+    @property
+    def evaluation_context_size(self) -> int:
+        """K_ctx an unseen user is personalised from."""
+        return self.eval_context_size or self.context_size
+
     def __post_init__(self) -> None:
         _check(self.rounds >= 1, "rounds", self.rounds, ">= 1")
         _check(self.clients_per_round >= 0, "clients_per_round", self.clients_per_round, ">= 0")
@@ -225,6 +234,12 @@ class TrainConfig:
         _check(self.episodes_per_step >= 1, "episodes_per_step", self.episodes_per_step, ">= 1")
         _check(1 <= self.context_size <= 512, "context_size", self.context_size, "1..512")
         _check(1 <= self.query_size <= 512, "query_size", self.query_size, "1..512")
+        _check(
+            0 <= self.eval_context_size <= 512,
+            "eval_context_size",
+            self.eval_context_size,
+            "0..512 (0: context_size)",
+        )
         _check(self.learning_rate > 0, "learning_rate", self.learning_rate, "> 0")
         _check(self.lora_learning_rate > 0, "lora_learning_rate", self.lora_learning_rate, "> 0")
         _check(

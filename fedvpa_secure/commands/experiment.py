@@ -81,6 +81,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--local-steps", type=int, default=DEFAULTS.train.local_steps)
     g.add_argument("--context-size", type=int, default=DEFAULTS.train.context_size)
     g.add_argument("--query-size", type=int, default=DEFAULTS.train.query_size)
+    g.add_argument(
+        "--eval-context-size",
+        type=int,
+        default=DEFAULTS.train.eval_context_size,
+        help="context pairs an unseen user is personalised from (0: --context-size); every "
+        "other pair of the user is scored, cross-fitted",
+    )
     g.add_argument("--episodes-per-step", type=int, default=DEFAULTS.train.episodes_per_step)
     g.add_argument("--seed", type=int, default=0)
     g = p.add_argument_group("privacy (PRIVACY.md; each guarantee is reported with its unit)")
@@ -220,6 +227,7 @@ def config_from_args(args: argparse.Namespace, data_cfg: DataConfig) -> Experime
             local_steps=args.local_steps,
             context_size=args.context_size,
             query_size=args.query_size,
+            eval_context_size=args.eval_context_size,
             episodes_per_step=args.episodes_per_step,
             seed=args.seed,
         ),

@@ -9,7 +9,12 @@ Typical use::
 """
 
 from fedvpa_secure.data.dialogue import first_human_turn, pair_id, split_dialogue_pair
-from fedvpa_secure.data.episodes import Episode, eval_split, partition_episodes
+from fedvpa_secure.data.episodes import (
+    Episode,
+    cross_fit_splits,
+    eval_split,
+    partition_episodes,
+)
 from fedvpa_secure.data.hh_rlhf import (
     HARMLESS_SUBSETS,
     HELPFUL_SUBSETS,
@@ -66,6 +71,7 @@ __all__ = [
     "allocate_clients",
     "assign",
     "build_federated_data",
+    "cross_fit_splits",
     "eval_split",
     "first_human_turn",
     "generate_synthetic",

@@ -8,6 +8,7 @@ of pairs and the generator, never on the data, so it leaks nothing about labels.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -91,3 +92,33 @@ def eval_split(
     chosen = set(context)
     query = tuple(i for i in range(int(n_pairs)) if i not in chosen)
     return context, query
+
+
+def cross_fit_splits(
+    n_pairs: int, context_size: int, rng: np.random.Generator
+) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """Score EVERY pair of an unseen user once, each with a context disjoint from it.
+
+    The pairs are dealt at random into ``F = ceil(n / (n - K_ctx))`` folds; fold f is scored
+    with z inferred from K_ctx pairs drawn from the other folds. A long context then costs no
+    scored pairs: a user with 320 pairs and K_ctx = 256 has all 320 pairs scored (five folds of
+    64) instead of the 64 that a single split leaves. Depends only on the sizes and ``rng``.
+
+    Raises:
+        ConfigError: context_size out of range or leaving no query pair.
+    """
+    _check("n_pairs", n_pairs, 0)
+    _check("context_size", context_size, 0)
+    if context_size >= n_pairs:
+        raise ConfigError(
+            f"an eval client with {n_pairs} pairs has none left to score after {context_size} "
+            "context pairs; lower the context size or give eval clients more pairs"
+        )
+    n, k = int(n_pairs), int(context_size)
+    folds = np.array_split(rng.permutation(n), math.ceil(n / (n - k)))
+    splits = []
+    for fold in folds:
+        others = np.setdiff1d(np.arange(n), fold)
+        context = rng.choice(others, k, replace=False) if k else others[:0]
+        splits.append((tuple(sorted(int(i) for i in context)), tuple(sorted(int(i) for i in fold))))
+    return splits

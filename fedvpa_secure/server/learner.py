@@ -71,9 +71,7 @@ class ServerLearner:
         )
         self.eval_clients = prepared.eval
         self._spec: dict[str, tuple[tuple[int, ...], str]] | None = None
-        self.eval_episodes = EvalEpisodes.build(
-            prepared.eval, cfg.train.context_size, cfg.train.seed + 1
-        )
+        self.eval_episodes = EvalEpisodes.for_unseen_users(prepared.eval, cfg.train)
 
     def tau(self, round_index: int) -> float:
         c = self.cfg

@@ -1,8 +1,9 @@
 """Evaluation of METHOD.md section 7 on unseen users.
 
-Each evaluation user is personalised from its OWN first context pairs (disjoint from the pairs
-scored), with z = the posterior mean. Accuracy is pooled over all scored pairs; per type, on
-conflicting pairs, and for preference switching (z set to the prototype of a type, no context).
+Each evaluation user is personalised from K_ctx of its OWN pairs (disjoint from the pairs
+scored), with z = the posterior mean; cross-fitted, so every pair of the user is scored once.
+Accuracy is pooled over all scored pairs; per type, on conflicting pairs, and for preference
+switching (z set to the prototype of a type, no context).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fedvpa_secure.data.episodes import eval_split
+from fedvpa_secure.config import TrainConfig
+from fedvpa_secure.data.episodes import cross_fit_splits, eval_split
 from fedvpa_secure.model.preference_model import EpisodeBatch, PreferenceModel
 from fedvpa_secure.model.prior import (
     kl_standard_normal,
@@ -27,20 +29,41 @@ from fedvpa_secure.train.tensors import ClientTensors, make_batch
 
 @dataclass
 class EvalEpisodes:
-    """The fixed context/query split of every evaluation user (same for all rounds)."""
+    """The fixed context/query splits of the evaluation users (the same for all rounds).
+
+    ``clients[i]`` is scored on ``splits[i]``. With cross-fitting a user appears once per fold,
+    so every one of its pairs is scored exactly once (each time with a disjoint context).
+    """
 
     clients: list[ClientTensors]
     splits: list[tuple[tuple[int, ...], tuple[int, ...]]]
 
     @classmethod
-    def build(cls, clients: Sequence[ClientTensors], context_size: int, seed: int) -> EvalEpisodes:
+    def build(
+        cls,
+        clients: Sequence[ClientTensors],
+        context_size: int,
+        seed: int,
+        cross_fit: bool = False,
+    ) -> EvalEpisodes:
         rng = np.random.default_rng(seed)
-        splits = []
+        owners, splits = [], []
         for c in clients:
             k = min(context_size, max(1, c.n_pairs - 1))
-            ctx, query = eval_split(c.n_pairs, k, rng)
-            splits.append((tuple(ctx), tuple(query)))
-        return cls(list(clients), splits)
+            if cross_fit:
+                user_splits = cross_fit_splits(c.n_pairs, k, rng)
+            else:
+                user_splits = [eval_split(c.n_pairs, k, rng)]
+            owners += [c] * len(user_splits)
+            splits += [(tuple(ctx), tuple(query)) for ctx, query in user_splits]
+        return cls(owners, splits)
+
+    @classmethod
+    def for_unseen_users(
+        cls, clients: Sequence[ClientTensors], train_cfg: TrainConfig
+    ) -> EvalEpisodes:
+        """The evaluation protocol of reports: the configured evaluation context, cross-fitted."""
+        return cls.build(clients, train_cfg.evaluation_context_size, train_cfg.seed + 1, True)
 
     def batches(self, size: int = 32):
         items = [(c, ctx, q) for c, (ctx, q) in zip(self.clients, self.splits, strict=True)]

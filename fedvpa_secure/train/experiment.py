@@ -74,7 +74,7 @@ def run_experiment(
     )
     prep_seconds = time.perf_counter() - t0
     model = build_model(cfg, prepared, len(user_types), device)
-    eval_eps = EvalEpisodes.build(prepared.eval, cfg.train.context_size, cfg.train.seed + 1)
+    eval_eps = EvalEpisodes.for_unseen_users(prepared.eval, cfg.train)
     reference = EvalEpisodes.build(prepared.train, cfg.train.context_size, cfg.train.seed + 2)
     t1 = time.perf_counter()
     history: History = run_federation(

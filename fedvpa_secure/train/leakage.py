@@ -248,7 +248,7 @@ class LeakageHarness:
         from fedvpa_secure.train.experiment import build_model
 
         model = build_model(cfg, prepared, len(self.user_types), self.device)
-        eval_eps = EvalEpisodes.build(prepared.eval, cfg.train.context_size, cfg.train.seed + 1)
+        eval_eps = EvalEpisodes.for_unseen_users(prepared.eval, cfg.train)
         reference = EvalEpisodes.build(train, cfg.train.context_size, cfg.train.seed + 2)
         aggregate: Aggregator = plain_sum
         z = eps = None

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fedvpa_secure.data.episodes import Episode, eval_split, partition_episodes
+from fedvpa_secure.data.episodes import Episode, cross_fit_splits, eval_split, partition_episodes
 from fedvpa_secure.errors import ConfigError
 
 
@@ -100,3 +100,45 @@ def test_eval_split_random_context_and_all_other_pairs_as_queries(
 def test_eval_split_needs_a_query_left() -> None:
     with pytest.raises(ConfigError, match="none left to score"):
         eval_split(8, 8, np.random.default_rng(0))
+
+
+@given(
+    n_pairs=st.integers(min_value=2, max_value=400),
+    context_size=st.integers(min_value=0, max_value=399),
+    seed=st.integers(min_value=0, max_value=2**32 - 1),
+)
+def test_cross_fit_scores_every_pair_once_with_a_disjoint_full_context(
+    n_pairs: int, context_size: int, seed: int
+) -> None:
+    if context_size >= n_pairs:
+        with pytest.raises(ConfigError, match="none left to score"):
+            cross_fit_splits(n_pairs, context_size, np.random.default_rng(seed))
+        return
+    splits = cross_fit_splits(n_pairs, context_size, np.random.default_rng(seed))
+    scored = [i for _, query in splits for i in query]
+    assert sorted(scored) == list(range(n_pairs)), "every pair is scored exactly once"
+    for context, query in splits:
+        assert len(context) == context_size == len(set(context))
+        assert not set(context) & set(query), "a scored pair is in its own context"
+    # as few folds as the context allows: one more fold would not be needed
+    assert len(splits) == -(-n_pairs // (n_pairs - context_size))
+
+
+def test_cross_fit_contexts_are_uniform_draws_from_the_other_folds() -> None:
+    """320 pairs, K_ctx 64: two folds of 160, each scored with 64 of the other fold's pairs.
+
+    Control against a fixed block (e.g. always the first 64 other pairs): over many seeds every
+    pair lands in a context about 64/160 of the times its fold is not being scored.
+    """
+    counts = np.zeros(320)
+    seeds = 300
+    for seed in range(seeds):
+        splits = cross_fit_splits(320, 64, np.random.default_rng(seed))
+        assert [len(q) for _, q in splits] == [160, 160]
+        (ctx_a, query_a), (ctx_b, query_b) = splits
+        assert set(ctx_a) <= set(query_b) and set(ctx_b) <= set(query_a)
+        for context, _ in splits:
+            counts[list(context)] += 1
+    rate = counts / seeds  # each pair is outside the scored fold in exactly one of the two
+    assert abs(rate.mean() - 64 / 160) < 1e-9
+    assert rate.min() > 0.25 and rate.max() < 0.55
