@@ -32,7 +32,9 @@ class EvalEpisodes:
     """The fixed context/query splits of the evaluation users (the same for all rounds).
 
     ``clients[i]`` is scored on ``splits[i]``. With cross-fitting a user appears once per fold,
-    so every one of its pairs is scored exactly once (each time with a disjoint context).
+    so every one of its pairs is scored exactly once (each time with a disjoint context); the
+    latent diagnostics (silhouette, purity) and the latent scatter then count one posterior
+    mean per (user, fold), each inferred from a different context of that user.
     """
 
     clients: list[ClientTensors]
