@@ -65,6 +65,17 @@ def partition_episodes(
     return episodes
 
 
+def _check_eval_sizes(n_pairs: int, context_size: int) -> None:
+    """An unseen user's context must leave at least one of its pairs to score."""
+    _check("n_pairs", n_pairs, 0)
+    _check("context_size", context_size, 0)
+    if context_size >= n_pairs:
+        raise ConfigError(
+            f"an eval client with {n_pairs} pairs has none left to score after {context_size} "
+            "context pairs; lower the context size or give eval clients more pairs"
+        )
+
+
 def eval_split(
     n_pairs: int, context_size: int, rng: np.random.Generator | None = None
 ) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -76,13 +87,7 @@ def eval_split(
     Raises:
         ConfigError: context_size out of range or leaving no query pair.
     """
-    _check("n_pairs", n_pairs, 0)
-    _check("context_size", context_size, 0)
-    if context_size >= n_pairs:
-        raise ConfigError(
-            f"an eval client with {n_pairs} pairs has none left to score after {context_size} "
-            "context pairs; lower the context size or give eval clients more pairs"
-        )
+    _check_eval_sizes(n_pairs, context_size)
     if rng is None:
         context = tuple(range(int(context_size)))
     else:
@@ -107,13 +112,7 @@ def cross_fit_splits(
     Raises:
         ConfigError: context_size out of range or leaving no query pair.
     """
-    _check("n_pairs", n_pairs, 0)
-    _check("context_size", context_size, 0)
-    if context_size >= n_pairs:
-        raise ConfigError(
-            f"an eval client with {n_pairs} pairs has none left to score after {context_size} "
-            "context pairs; lower the context size or give eval clients more pairs"
-        )
+    _check_eval_sizes(n_pairs, context_size)
     n, k = int(n_pairs), int(context_size)
     folds = np.array_split(rng.permutation(n), math.ceil(n / (n - k)))
     splits = []
