@@ -15,6 +15,12 @@ log-loss on the training pairs only. Reported on the unseen users' pairs: accura
 own-type probe (overall, conflicting) and of one probe for everyone, and type identification
 from K_ctx context pairs: argmax_t of sum_C log sigmoid(+-w_t . (e(a) - e(b))), balanced by the
 training users' mean, on the same cross-fitted folds that evaluation uses.
+
+Each probe runs on three feature sets: ``plain`` e(a) - e(b); ``domain-gated`` [d (1 - g), d g]
+with g = P(harmless-base | pair) from a logistic classifier fitted to the training pairs' source
+tags (unseen users' pairs are routed from their text only); ``tag-gated`` the same with the true
+tag (the routing ceiling). The gate gives a linear reward the interaction "refuse when the
+request is harmful, comply otherwise" that one direction in embedding space cannot express.
 """
 
 from __future__ import annotations
@@ -68,7 +74,6 @@ def probe_seed(args: argparse.Namespace, seed: int, folders: tuple[Path, Path]) 
     from fedvpa_secure.config import ModelConfig
     from fedvpa_secure.model.backbone import pick_device
     from fedvpa_secure.train.data_setup import load_federated_data
-    from fedvpa_secure.train.evaluate import EvalEpisodes
     from fedvpa_secure.train.features import prepare_clients
 
     train_dir, eval_dir = folders
@@ -91,31 +96,84 @@ def probe_seed(args: argparse.Namespace, seed: int, folders: tuple[Path, Path]) 
         args.cache_dir,
         pick_device("cpu"),
     )
-    x, type_labels, own, _ = _differences(prepared.train)
-    probes = [_fit(x, type_labels[:, t], seed) for t in range(len(types))]
+    x, type_labels, own, tag = _differences(prepared.train)
+    ex, _, e_own, e_tag = _differences(prepared.eval)
+    # p3's conflicting pairs are exactly its harmless-base pairs, so the flag is the source tag
+    domain = _domain_classifier(prepared.train, tag, seed)
+    gates = {
+        "plain": (None, None),
+        "domain-gated": (domain(prepared.train), domain(prepared.eval)),
+        "tag-gated": (tag.astype(float), e_tag.astype(float)),
+    }
+    row = {"domain_classifier_accuracy": float(((gates["domain-gated"][1] > 0.5) == e_tag).mean())}
+    for name, (gate, e_gate) in gates.items():
+        probe = _probe(
+            _gated(x, gate),
+            type_labels,
+            own,
+            _gated(ex, e_gate),
+            e_own,
+            e_tag,
+            prepared.eval,
+            args.context_sizes,
+            seed,
+        )
+        row.update({f"{name}:{k}": v for k, v in probe.items()})
+    return row
+
+
+def _domain_classifier(train, tag: np.ndarray, seed: int):
+    """P(pair comes from the harmlessness collection | mean of its two embeddings).
+
+    Fitted to the source tags of the TRAINING pairs only; unseen users' pairs are routed from
+    their text alone, so the gate never reads an evaluation pair's tag.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    def mean_emb(clients) -> np.ndarray:
+        return np.concatenate([((c.emb_a + c.emb_b) / 2).numpy() for c in clients])
+
+    clf = LogisticRegression(C=1.0, max_iter=3000, random_state=seed).fit(mean_emb(train), tag)
+    return lambda clients: clf.predict_proba(mean_emb(clients))[:, 1]
+
+
+def _gated(x: np.ndarray, gate: np.ndarray | None) -> np.ndarray:
+    """[x (1 - g), x g]: one linear reward per domain, blended by the gate (None: plain x).
+
+    A single linear reward on e(a) - e(b) cannot say "refuse when the request is harmful,
+    comply otherwise"; routing by the prompt's domain gives it that interaction.
+    """
+    if gate is None:
+        return x
+    return np.hstack([x * (1.0 - gate)[:, None], x * gate[:, None]])
+
+
+def _probe(x, type_labels, own, ex, e_own, e_conf, eval_clients, context_sizes, seed) -> dict:
+    """Per-type and shared linear probes on one feature set, scored on the unseen users."""
+    from fedvpa_secure.train.evaluate import EvalEpisodes
+
+    probes = [_fit(x, type_labels[:, t], seed) for t in range(type_labels.shape[1])]
     shared = _fit(x, own, seed)  # one reward for everyone (the monolithic reference)
     weights = np.stack([p.coef_[0] for p in probes])
     offset = _log_lik(weights, x, own).mean(0)  # balancing, from training users only
-
-    ex, _, e_own, e_conf = _differences(prepared.eval)
-    owner = np.concatenate([np.full(c.n_pairs, c.user_type) for c in prepared.eval])
-    own_pred = (ex @ weights.T)[np.arange(len(ex)), owner] > 0
-    own_ok = own_pred == (e_own == 1)
+    owner = np.concatenate([np.full(c.n_pairs, c.user_type) for c in eval_clients])
+    own_ok = ((ex @ weights.T)[np.arange(len(ex)), owner] > 0) == (e_own == 1)
     shared_ok = shared.predict(ex) == e_own
     row = {
-        "C": [float(p.C_[0]) for p in probes],
         "own_type_overall": float(own_ok.mean()),
         "own_type_conflicting": float(own_ok[e_conf].mean()),
         "shared_overall": float(shared_ok.mean()),
         "shared_conflicting": float(shared_ok[e_conf].mean()),
     }
-    for k in args.context_sizes:
-        episodes = EvalEpisodes.build(prepared.eval, k, seed + 1, cross_fit=True)
+    # row offset of each unseen user's pairs in ex (EvalEpisodes repeats the same objects)
+    offsets = np.cumsum([0] + [c.n_pairs for c in eval_clients])[:-1]
+    start = dict(zip(map(id, eval_clients), offsets, strict=True))
+    for k in context_sizes:
+        episodes = EvalEpisodes.build(eval_clients, k, seed + 1, cross_fit=True)
         hits = []
         for client, (context, _) in zip(episodes.clients, episodes.splits, strict=True):
-            idx = list(context)
-            cx = (client.emb_a - client.emb_b).numpy()[idx]
-            ll = _log_lik(weights, cx, client.label.numpy()[idx]) - offset
+            idx = start[id(client)] + np.asarray(list(context))
+            ll = _log_lik(weights, ex[idx], e_own[idx]) - offset
             hits.append(int(ll.sum(0).argmax()) == client.user_type)
         row[f"type_id_ctx{k}"] = float(np.mean(hits))
     return row
@@ -142,7 +200,7 @@ def main() -> int:
     for seed in args.seeds:
         rows.append(probe_seed(args, seed, folders))
         print(f"seed {seed}: {rows[-1]}", file=sys.stderr, flush=True)
-    keys = [k for k in rows[0] if k != "C"]
+    keys = list(rows[0])
     print(f"\np3 linear probes on frozen all-MiniLM-L6-v2 features, seeds {args.seeds}")
     print("metric | mean | sd")
     for key in keys:
