@@ -13,9 +13,14 @@ turn, so evaluation users' prompts are unseen) and used as --eval-data.
 ``--dp-epsilons 1 4 8 none`` adds record-level DP-SGD rows (the privacy-utility table of issue
 4): every other setting stays as in the no-DP row, so a row differs from ``none`` by DP only.
 
+Sizes and settings not given here are the experiment command's defaults for the protocol
+(config.PROTOCOL_DEFAULTS: for p3, 20 clients x 256 pairs, 8 unseen users x 320, the
+domain-gated linear head, the likelihood posterior for methods with prototypes, 128 context
+pairs in training and 256 at evaluation, FedAdam at 0.03).
+
 ``--train``, ``--objective`` and ``--model`` set any other field of those configs for every row
-(``--train server_optimizer=adam server_learning_rate=0.003 query_size=32 --model hidden_dim=32
-posterior=likelihood --objective beta=0 pull_weight=0``): the session-3 p3 search is rerun so.
+(``--train server_learning_rate=0.003 --model head=mlp domain_gate=false``); an override of
+``posterior`` applies to every method, so it fails for methods without prototypes.
 """
 
 from __future__ import annotations
@@ -81,6 +86,11 @@ def _fields(items: list[str], group: str) -> dict[str, object]:
     return out
 
 
+def _given(flag: str, value: int | None) -> list[str]:
+    """[flag, value] when the value was given, else nothing (the protocol default applies)."""
+    return [] if value is None else [flag, str(value)]
+
+
 def _override(cfg, overrides: dict[str, dict[str, object]]):
     """``cfg`` with the overridden fields (each config validates itself again)."""
     try:
@@ -96,13 +106,17 @@ def main() -> int:
     parser.add_argument("--protocols", nargs="+", default=["synthetic"])
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--clients", type=int, default=20)
-    parser.add_argument("--pairs-per-client", type=int, default=256)
-    parser.add_argument("--eval-clients", type=int, default=10)
-    parser.add_argument("--eval-pairs-per-client", type=int, default=200)
-    parser.add_argument("--context-size", type=int, default=32)
+    # None: the experiment command's default for the protocol (config.PROTOCOL_DEFAULTS)
+    parser.add_argument("--clients", type=int, default=None)
+    parser.add_argument("--pairs-per-client", type=int, default=None)
+    parser.add_argument("--eval-clients", type=int, default=None)
+    parser.add_argument("--eval-pairs-per-client", type=int, default=None)
+    parser.add_argument("--context-size", type=int, default=None)
     parser.add_argument(
-        "--eval-context-size", type=int, default=0, help="unseen users' K_ctx (0: --context-size)"
+        "--eval-context-size",
+        type=int,
+        default=None,
+        help="unseen users' K_ctx (0: --context-size)",
     )
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--out", default="runs/learner_table")
@@ -152,21 +166,22 @@ def main() -> int:
                         method,
                         "--rounds",
                         str(args.rounds),
-                        "--context-size",
-                        str(args.context_size),
-                        "--eval-context-size",
-                        str(args.eval_context_size),
+                        *_given("--context-size", args.context_size),
+                        *_given("--eval-context-size", args.eval_context_size),
                         "--seed",
                         str(seed),
                         *([] if epsilon == "none" else ["--dp-epsilon", epsilon]),
                     ]
                 )
-                kwargs = {
-                    "eval_data_dir": str(eval_dir) if hh else None,
+                sizes = {
                     "n_clients": args.clients,
                     "n_eval_clients": args.eval_clients,
                     "pairs_per_client": args.pairs_per_client if hh else 64,
                     "eval_pairs_per_client": args.eval_pairs_per_client if hh else 64,
+                }
+                kwargs = {
+                    "eval_data_dir": str(eval_dir) if hh else None,
+                    **{k: v for k, v in sizes.items() if v is not None},
                     "type_mix": (0.5, 0.5),
                     "max_pairs_per_subset": None,
                 }

@@ -26,6 +26,7 @@ SUBCOMMANDS: dict[str, str] = {
     "server": "fedvpa_secure.commands.server_cmd",
     "client": "fedvpa_secure.commands.client_cmd",
     "simulate": "fedvpa_secure.commands.simulate",
+    "split": "fedvpa_secure.commands.split_cmd",
 }
 
 HELP: dict[str, str] = {
@@ -37,6 +38,7 @@ HELP: dict[str, str] = {
     "server": "run the federation server (gRPC, mTLS, secure aggregation)",
     "client": "run one federation client process",
     "simulate": "certs + server + N client processes on loopback, then a report",
+    "split": "split an HH-RLHF folder into training and --eval-data folders",
 }
 
 

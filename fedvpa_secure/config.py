@@ -16,6 +16,7 @@ from fedvpa_secure.train.dp_config import DPConfig, resolve_prior_noise
 PROTOCOLS = ("p1", "p2", "p3", "synthetic")
 MODES = ("frozen", "lora")
 POSTERIORS = ("encoder", "likelihood")
+HEADS = ("mlp", "linear")
 DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_BACKBONE = "all-MiniLM-L6-v2"
 
@@ -95,10 +96,22 @@ class ModelConfig:
     # Only for methods with prototypes (mixture prior or ortho/pull).
     posterior: str = "encoder"
     likelihood_temperature: float = 1.0  # divides the E-step logits (1: the plain E-step)
+    # The reward head on the (gated) embeddings. "mlp": r = MLP([f(e), z]) + z^T W f(e) with f a
+    # two-layer MLP. "linear": r = w . e + z^T V e, one linear Bradley-Terry reward per point
+    # of z-space; with weight decay it is the L2 logistic probe of benchmarks/feature_probe.py,
+    # which on frozen features generalises where the MLP memorises a client's pairs.
+    head: str = "mlp"
+    # Route each pair by its prompt's domain: e -> [e (1 - g), e g], g = sigmoid(u . mean of the
+    # pair's two embeddings), so the reward can differ between harmful and ordinary requests
+    # (one direction in embedding space cannot say "refuse this, comply with that"). u is trained
+    # only on the training pairs' public source tag (Pair.domain, ObjectiveConfig.domain_weight);
+    # a pair is routed from its text alone, so evaluation never reads a tag.
+    domain_gate: bool = False
 
     def __post_init__(self) -> None:
         _check(self.mode in MODES, "mode", self.mode, f"one of {MODES}")
         _check(self.posterior in POSTERIORS, "posterior", self.posterior, f"one of {POSTERIORS}")
+        _check(self.head in HEADS, "head", self.head, f"one of {HEADS}")
         _check(
             self.likelihood_temperature > 0,
             "likelihood_temperature",
@@ -139,6 +152,9 @@ class ObjectiveConfig:
     prior_scale: float = 5.0  # s: prototype norm
     tau_start: float = 1.0
     tau_end: float = 0.1
+    # weight of the domain gate's cross-entropy on the query pairs' source tags
+    # (ModelConfig.domain_gate); the gate's only training signal, detached from the reward
+    domain_weight: float = 1.0
     kl_samples: int = 4  # Monte Carlo samples for KL against the mixture
     # s_k^2 floor when rebuilt from sums: a tight cluster must not shrink its component so far
     # that the KL locks every user in (measured: 0.1 and below -> collapse)
@@ -157,7 +173,7 @@ class ObjectiveConfig:
     use_mixture: bool = True  # set per round by at_round(); False during the prior warm-up
 
     def __post_init__(self) -> None:
-        for name in ("beta", "pull_weight", "ortho_weight"):
+        for name in ("beta", "pull_weight", "ortho_weight", "domain_weight"):
             value = getattr(self, name)
             _check(value >= 0 and math.isfinite(value), name, value, "a finite number >= 0")
         _check(self.prior_scale > 0, "prior_scale", self.prior_scale, "> 0")
@@ -343,6 +359,39 @@ class ExperimentConfig:
         return _asdict(self)
 
 
+# The settings under which FedVPA-GP personalises on p3 with the frozen backbone (README, "What
+# to expect": 3 seeds, unseen users of a held-out folder). `experiment` applies them where a flag
+# is not given; every other protocol keeps the dataclass defaults (not measured with these yet).
+# Why each: a linear head with the domain gate generalises where the MLP memorises a client's
+# pairs; 128 context pairs are what the E-step needs to tell the types apart (64: half as
+# often); FedAdam at 0.03 moves a linear reward far enough in 40 rounds (0.003: the oracle
+# gains nothing); no KL or pull on the discrete posterior.
+PROTOCOL_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
+    "p3": {
+        "data": {
+            "n_clients": 20,
+            "pairs_per_client": 256,
+            "n_eval_clients": 8,
+            "eval_pairs_per_client": 320,
+        },
+        "model": {"head": "linear", "domain_gate": True, "posterior": "likelihood"},
+        "objective": {"beta": 0.0, "pull_weight": 0.0},
+        "train": {
+            "context_size": 128,
+            "query_size": 32,
+            "eval_context_size": 256,
+            "server_optimizer": "adam",
+            "server_learning_rate": 0.03,
+        },
+    },
+}
+
+
+def protocol_defaults(protocol: str, group: str) -> dict[str, Any]:
+    """The measured defaults of one config group for a protocol ({} where there are none)."""
+    return dict(PROTOCOL_DEFAULTS.get(protocol, {}).get(group, {}))
+
+
 def _asdict(obj: Any) -> Any:
     if hasattr(obj, "__dataclass_fields__"):
         return {f.name: _asdict(getattr(obj, f.name)) for f in fields(obj)}
@@ -361,5 +410,6 @@ __all__ = [
     "ObjectiveConfig",
     "TrainConfig",
     "method_spec",
+    "protocol_defaults",
     "replace",
 ]

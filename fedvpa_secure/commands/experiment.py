@@ -6,13 +6,18 @@ import argparse
 import sys
 
 from fedvpa_secure.config import (
+    HEADS,
     METHODS,
+    POSTERIORS,
+    PROTOCOL_DEFAULTS,
     PROTOCOLS,
     DataConfig,
     ExperimentConfig,
     ModelConfig,
     ObjectiveConfig,
     TrainConfig,
+    method_spec,
+    protocol_defaults,
 )
 from fedvpa_secure.errors import ConfigError
 from fedvpa_secure.train.dp_config import DPConfig, UserDPConfig
@@ -40,10 +45,24 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="auto",
         help="auto: p3 on HH-RLHF data, synthetic otherwise",
     )
-    g.add_argument("--clients", type=int, default=DEFAULTS.data.n_clients)
-    g.add_argument("--eval-clients", type=int, default=DEFAULTS.data.n_eval_clients)
-    g.add_argument("--pairs-per-client", type=int, default=DEFAULTS.data.pairs_per_client)
-    g.add_argument("--eval-pairs-per-client", type=int, default=DEFAULTS.data.eval_pairs_per_client)
+    # flags left at None take the protocol's measured defaults (config.PROTOCOL_DEFAULTS),
+    # else the dataclass defaults
+    g.add_argument("--clients", type=int, default=None, help=_default_help("data", "n_clients"))
+    g.add_argument(
+        "--eval-clients", type=int, default=None, help=_default_help("data", "n_eval_clients")
+    )
+    g.add_argument(
+        "--pairs-per-client",
+        type=int,
+        default=None,
+        help=_default_help("data", "pairs_per_client"),
+    )
+    g.add_argument(
+        "--eval-pairs-per-client",
+        type=int,
+        default=None,
+        help=_default_help("data", "eval_pairs_per_client"),
+    )
     g.add_argument("--type-mix", default=None, help="fractions per user type, e.g. 0.3,0.7")
     g.add_argument(
         "--max-pairs-per-subset",
@@ -64,12 +83,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--components", type=int, default=DEFAULTS.model.n_components)
     g.add_argument(
         "--posterior",
-        choices=("encoder", "likelihood"),
-        default=DEFAULTS.model.posterior,
+        choices=POSTERIORS,
+        default=None,
         help="how z is inferred from the context: the attention encoder, or a balanced E-step "
-        "on the decoder's own likelihood of the context labels (methods with prototypes)",
+        "on the decoder's own likelihood of the context labels (methods with prototypes, no "
+        "DP); " + _default_help("model", "posterior"),
     )
-    g.add_argument("--beta", type=float, default=DEFAULTS.objective.beta)
+    g.add_argument(
+        "--head",
+        choices=HEADS,
+        default=None,
+        help="reward head: mlp, or linear (one linear reward per z); "
+        + _default_help("model", "head"),
+    )
+    g.add_argument(
+        "--domain-gate",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="route each pair by its prompt's domain (a router trained on the training pairs' "
+        "source tags); " + _default_help("model", "domain_gate"),
+    )
+    g.add_argument("--beta", type=float, default=None, help=_default_help("objective", "beta"))
+    g.add_argument(
+        "--pull-weight", type=float, default=None, help=_default_help("objective", "pull_weight")
+    )
     g = p.add_argument_group("federation")
     g.add_argument("--rounds", type=int, default=DEFAULTS.train.rounds)
     g.add_argument(
@@ -79,14 +116,31 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="0 = all training clients",
     )
     g.add_argument("--local-steps", type=int, default=DEFAULTS.train.local_steps)
-    g.add_argument("--context-size", type=int, default=DEFAULTS.train.context_size)
-    g.add_argument("--query-size", type=int, default=DEFAULTS.train.query_size)
+    g.add_argument(
+        "--context-size", type=int, default=None, help=_default_help("train", "context_size")
+    )
+    g.add_argument(
+        "--query-size", type=int, default=None, help=_default_help("train", "query_size")
+    )
     g.add_argument(
         "--eval-context-size",
         type=int,
-        default=DEFAULTS.train.eval_context_size,
+        default=None,
         help="context pairs an unseen user is personalised from (0: --context-size); every "
-        "other pair of the user is scored, cross-fitted",
+        "other pair of the user is scored, cross-fitted; "
+        + _default_help("train", "eval_context_size"),
+    )
+    g.add_argument(
+        "--server-optimizer",
+        choices=("avg", "adam"),
+        default=None,
+        help="FedAvg or FedAdam on the mean delta; " + _default_help("train", "server_optimizer"),
+    )
+    g.add_argument(
+        "--server-learning-rate",
+        type=float,
+        default=None,
+        help=_default_help("train", "server_learning_rate"),
     )
     g.add_argument("--episodes-per-step", type=int, default=DEFAULTS.train.episodes_per_step)
     g.add_argument("--seed", type=int, default=0)
@@ -146,8 +200,17 @@ def _type_mix(text: str | None) -> tuple[float, ...]:
         ) from err
 
 
+def _default_help(group: str, name: str) -> str:
+    """'default: X (p3: Y)' for a flag whose default depends on the protocol."""
+    base = getattr(getattr(DEFAULTS, group), name)
+    per = [f"{p}: {d[group][name]}" for p, d in PROTOCOL_DEFAULTS.items() if name in d[group]]
+    return f"default {base}" + (f" ({', '.join(per)})" if per else "")
+
+
 def data_kwargs(args: argparse.Namespace) -> dict:
-    return {
+    """DataConfig fields given on the command line; the rest come from the protocol's defaults
+    once the protocol is resolved (load_federated_data)."""
+    given = {
         "eval_data_dir": args.eval_data,
         "n_clients": args.clients,
         "n_eval_clients": args.eval_clients,
@@ -156,6 +219,8 @@ def data_kwargs(args: argparse.Namespace) -> dict:
         "type_mix": _type_mix(args.type_mix),
         "max_pairs_per_subset": args.max_pairs_per_subset,
     }
+    keep = ("eval_data_dir", "max_pairs_per_subset")  # None means "none" for these two
+    return {k: v for k, v in given.items() if v is not None or k in keep}
 
 
 def dp_config_from_args(args: argparse.Namespace) -> DPConfig | None:
@@ -206,9 +271,35 @@ def aggregator_from_args(args: argparse.Namespace, cfg: ExperimentConfig, n_clie
     )
 
 
+def _resolved(args: argparse.Namespace, protocol: str, group: str, flags: dict[str, str]):
+    """Config fields of one group: the flag where given, else the protocol's default."""
+    defaults = protocol_defaults(protocol, group)
+    out = {}
+    for name, flag in flags.items():
+        value = getattr(args, flag, None)
+        if value is None:
+            value = defaults.get(name, getattr(getattr(DEFAULTS, group), name))
+        out[name] = value
+    return out
+
+
 def config_from_args(args: argparse.Namespace, data_cfg: DataConfig) -> ExperimentConfig:
+    protocol = data_cfg.protocol
+    dp = dp_config_from_args(args)
+    model = _resolved(
+        args,
+        protocol,
+        "model",
+        {"head": "head", "domain_gate": "domain_gate", "posterior": "posterior"},
+    )
+    spec = method_spec(args.method)
+    has_prototypes = spec.latent and (spec.mixture_prior or spec.ortho_pull)
+    if args.posterior is None and (not has_prototypes or dp is not None):
+        # the protocol's likelihood default needs prototypes and no DP; an explicit
+        # --posterior is left to ExperimentConfig's check, which says why it cannot run
+        model["posterior"] = "encoder"
     return ExperimentConfig(
-        dp=dp_config_from_args(args),
+        dp=dp,
         method=args.method,
         device=args.device,
         cache_dir=args.cache_dir,
@@ -218,18 +309,29 @@ def config_from_args(args: argparse.Namespace, data_cfg: DataConfig) -> Experime
             max_length=args.max_length,
             latent_dim=args.latent_dim,
             n_components=args.components,
-            posterior=args.posterior,
+            **model,
         ),
-        objective=ObjectiveConfig(beta=args.beta),
+        objective=ObjectiveConfig(
+            **_resolved(args, protocol, "objective", {"beta": "beta", "pull_weight": "pull_weight"})
+        ),
         train=TrainConfig(
             rounds=args.rounds,
             clients_per_round=args.clients_per_round,
             local_steps=args.local_steps,
-            context_size=args.context_size,
-            query_size=args.query_size,
-            eval_context_size=args.eval_context_size,
             episodes_per_step=args.episodes_per_step,
             seed=args.seed,
+            **_resolved(
+                args,
+                protocol,
+                "train",
+                {
+                    "context_size": "context_size",
+                    "query_size": "query_size",
+                    "eval_context_size": "eval_context_size",
+                    "server_optimizer": "server_optimizer",
+                    "server_learning_rate": "server_learning_rate",
+                },
+            ),
         ),
         data=data_cfg,
     )

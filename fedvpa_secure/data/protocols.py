@@ -216,7 +216,21 @@ def assign(candidate: Candidate, user_type: str, rng: np.random.Generator) -> Pa
         conflicting=candidate.conflicting,
         labels_by_type=labels,
         subset=candidate.raw.subset,
+        domain=pair_domain(candidate.raw),
     )
+
+
+def pair_domain(raw: RawPair) -> str:
+    """ "harmless" or "helpful": the HH collection of the pair's prompt ("" outside HH).
+
+    relabeled-dpl rows name their source in ``data_subset`` ("harmless" or "helpful").
+    """
+    subset = raw.extra.get("data_subset") or raw.subset
+    if subset in (*HARMLESS_SUBSETS, HARMLESS):
+        return HARMLESS
+    if subset in (*HELPFUL_SUBSETS, HELPFUL):
+        return HELPFUL
+    return ""
 
 
 def make_pairs(

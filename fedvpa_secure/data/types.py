@@ -37,6 +37,9 @@ class Pair:
     conflicting: bool  # the user types disagree on this pair (protocol-specific definition)
     labels_by_type: Mapping[str, int]  # known label of each type (always includes user_type)
     subset: str = ""
+    # the HH collection the prompt came from ("harmless": red-team prompts, "helpful"), "" if
+    # none. Public metadata of the pair, not a label; a domain-gated model learns to recognise it
+    domain: str = ""
 
     def text_a(self) -> str:
         """The text the backbone embeds for response a: prompt followed by the response."""

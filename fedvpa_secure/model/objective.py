@@ -131,6 +131,8 @@ def episode_loss(
     """All loss terms for a batch of episodes, by method switch."""
     bt = bt_nll(outputs["logits"], labels, mask)
     per_episode = bt
+    if "domain_nll" in outputs:  # the domain gate's router (ModelConfig.domain_gate)
+        per_episode = per_episode + cfg.domain_weight * outputs["domain_nll"]
     kl = pull = None
     ortho = bt.new_zeros(())
     if spec.latent:

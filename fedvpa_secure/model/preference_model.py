@@ -15,7 +15,12 @@ from torch import nn
 
 from fedvpa_secure.config import MethodSpec, ModelConfig, ObjectiveConfig
 from fedvpa_secure.model.backbone import Backbone
-from fedvpa_secure.model.heads import ContextEncoder, PairFeature, RewardDecoder
+from fedvpa_secure.model.heads import (
+    ContextEncoder,
+    LinearRewardDecoder,
+    PairFeature,
+    RewardDecoder,
+)
 from fedvpa_secure.model.prior import init_prototypes
 
 
@@ -36,6 +41,10 @@ class EpisodeBatch:
     user_type: torch.Tensor  # (B,) long: index into the sorted user types (oracle only)
     token_ids: dict[str, torch.Tensor] | None = None  # lora: name -> (B, N, T) ids
     token_att: dict[str, torch.Tensor] | None = None  # lora: name -> (B, N, T) attention mask
+    # (B, K) / (B, Q) float: 1.0 where the pair's prompt is a harmlessness one (Pair.domain);
+    # the domain gate's training target only
+    ctx_domain: torch.Tensor | None = None
+    query_domain: torch.Tensor | None = None
 
     def to(self, device: torch.device) -> EpisodeBatch:
         def move(x):
@@ -65,7 +74,14 @@ class PreferenceModel(nn.Module):
         self.spec = spec
         self.backbone = backbone
         self.latent_dim = model_cfg.latent_dim
-        self.feature = PairFeature(embed_dim, model_cfg.hidden_dim)
+        # logistic router on the pair's mean embedding (ModelConfig.domain_gate)
+        self.domain_gate = nn.Linear(embed_dim, 1) if model_cfg.domain_gate else None
+        gated_dim = 2 * embed_dim if model_cfg.domain_gate else embed_dim
+        linear = model_cfg.head == "linear"
+        self.feature: nn.Module = (
+            nn.Identity() if linear else PairFeature(gated_dim, model_cfg.hidden_dim)
+        )
+        feature_dim = gated_dim if linear else model_cfg.hidden_dim
         self.encoder: ContextEncoder | None = None
         self.likelihood_posterior = spec.latent and model_cfg.posterior == "likelihood"
         self.logvar_min = model_cfg.logvar_min
@@ -75,6 +91,7 @@ class PreferenceModel(nn.Module):
             cond_dim = model_cfg.latent_dim  # z = responsibility-weighted prototypes, no encoder
         elif spec.latent:
             self.encoder = ContextEncoder(
+                feature_dim,
                 model_cfg.hidden_dim,
                 model_cfg.latent_dim,
                 model_cfg.attention_heads,
@@ -85,7 +102,8 @@ class PreferenceModel(nn.Module):
         elif spec.oracle:
             cond_dim = n_types
         self.n_types = n_types
-        self.decoder = RewardDecoder(model_cfg.hidden_dim, cond_dim)
+        decoder = LinearRewardDecoder if linear else RewardDecoder
+        self.decoder = decoder(feature_dim, cond_dim)
         self.prototypes: nn.Parameter | None = None
         if spec.latent and (spec.mixture_prior or spec.ortho_pull):
             self.prototypes = nn.Parameter(
@@ -103,14 +121,30 @@ class PreferenceModel(nn.Module):
             self.register_buffer("prior_var", torch.ones(k))
 
     # -- text -> features -------------------------------------------------------------------
-    def _features(self, batch: EpisodeBatch, name: str) -> torch.Tensor:
+    def _embeddings(self, batch: EpisodeBatch, name: str) -> torch.Tensor:
         if self.backbone is None or batch.token_ids is None:
-            e = getattr(batch, name)
-        else:
-            ids, att = batch.token_ids[name], batch.token_att[name]
-            b, n, t = ids.shape
-            e = self.backbone(ids.reshape(b * n, t), att.reshape(b * n, t)).reshape(b, n, -1)
-        return self.feature(e)
+            return getattr(batch, name)
+        ids, att = batch.token_ids[name], batch.token_att[name]
+        b, n, t = ids.shape
+        return self.backbone(ids.reshape(b * n, t), att.reshape(b * n, t)).reshape(b, n, -1)
+
+    def pair_features(
+        self, batch: EpisodeBatch, first: str, second: str
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Features of both responses of every pair, and the domain gate's logit per pair.
+
+        The gate reads the mean of the pair's two embeddings (the shared prompt dominates it),
+        so both responses of a pair are routed alike. Its value is detached from the reward:
+        the router learns the domain from the source tags only, never from preference labels.
+        """
+        e1, e2 = self._embeddings(batch, first), self._embeddings(batch, second)
+        gate_logit = None
+        if self.domain_gate is not None:
+            gate_logit = self.domain_gate((e1 + e2) / 2).squeeze(-1)  # (B, N)
+            g = torch.sigmoid(gate_logit).detach().unsqueeze(-1)
+            e1 = torch.cat([e1 * (1 - g), e1 * g], dim=-1)
+            e2 = torch.cat([e2 * (1 - g), e2 * g], dim=-1)
+        return self.feature(e1), self.feature(e2), gate_logit
 
     # -- pieces -------------------------------------------------------------------------------
     def encode(self, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,8 +154,7 @@ class PreferenceModel(nn.Module):
             return mu, torch.full_like(mu, self.logvar_min)
         if self.encoder is None:
             raise RuntimeError(f"method {self.spec.name!r} has no latent")
-        fc = self._features(batch, "ctx_chosen")
-        fr = self._features(batch, "ctx_rejected")
+        fc, fr, _ = self.pair_features(batch, "ctx_chosen", "ctx_rejected")
         return self.encoder(fc, fr, batch.ctx_mask)
 
     def context_mean_loglik(self, batch: EpisodeBatch) -> torch.Tensor:
@@ -132,8 +165,7 @@ class PreferenceModel(nn.Module):
         """
         if self.prototypes is None:
             raise RuntimeError("the likelihood posterior needs prototypes")
-        fc = self._features(batch, "ctx_chosen")  # (B, N, H)
-        fr = self._features(batch, "ctx_rejected")
+        fc, fr, _ = self.pair_features(batch, "ctx_chosen", "ctx_rejected")  # (B, N, H) each
         b, n, h = fc.shape
         k = self.prototypes.shape[0]
         z = self.prototypes[None, :, None, :]  # (1, K, 1, d): one condition per prototype
@@ -160,10 +192,25 @@ class PreferenceModel(nn.Module):
 
     def query_logits(self, batch: EpisodeBatch, cond: torch.Tensor | None) -> torch.Tensor:
         """r(a, z) - r(b, z) for every query pair: the Bradley-Terry logit that a wins."""
-        fa = self._features(batch, "query_a")
-        fb = self._features(batch, "query_b")
+        return self._query_scores(batch, cond)[0]
+
+    def _query_scores(
+        self, batch: EpisodeBatch, cond: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        fa, fb, gate_logit = self.pair_features(batch, "query_a", "query_b")
         c = None if cond is None else cond.unsqueeze(1)
-        return self.decoder(fa, c) - self.decoder(fb, c)
+        return self.decoder(fa, c) - self.decoder(fb, c), gate_logit
+
+    @staticmethod
+    def domain_nll(
+        gate_logit: torch.Tensor, domain: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """(B,) the router's mean cross-entropy against the query pairs' source tags."""
+        nll = torch.nn.functional.binary_cross_entropy_with_logits(
+            gate_logit, domain, reduction="none"
+        )
+        m = mask.to(nll.dtype)
+        return (nll * m).sum(-1) / m.sum(-1).clamp(min=1.0)
 
     def condition(self, batch: EpisodeBatch, sample: bool) -> dict[str, torch.Tensor]:
         """The conditioning vector for the decoder, by method."""
@@ -184,7 +231,9 @@ class PreferenceModel(nn.Module):
 
     def forward(self, batch: EpisodeBatch, sample: bool = True) -> dict[str, torch.Tensor]:
         out = self.condition(batch, sample)
-        out["logits"] = self.query_logits(batch, out.get("cond"))
+        out["logits"], gate_logit = self._query_scores(batch, out.get("cond"))
+        if gate_logit is not None and batch.query_domain is not None:
+            out["domain_nll"] = self.domain_nll(gate_logit, batch.query_domain, batch.query_mask)
         return out
 
     def trainable_state(self) -> dict[str, torch.Tensor]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fedvpa_secure.config import DataConfig
+from fedvpa_secure.config import DataConfig, protocol_defaults
 from fedvpa_secure.data import (
     SYNTHETIC,
     build_federated_data,
@@ -40,7 +40,9 @@ def load_federated_data(
         data_flag, max_pairs_per_subset=data_cfg_kwargs.get("max_pairs_per_subset")
     )
     protocol = resolve_protocol(protocol_flag, source)
-    data_cfg = DataConfig(protocol=protocol, data_dir=data_flag, **data_cfg_kwargs)
+    # fields the caller left out take the protocol's measured defaults (config.PROTOCOL_DEFAULTS)
+    kwargs = {**protocol_defaults(protocol, "data"), **data_cfg_kwargs}
+    data_cfg = DataConfig(protocol=protocol, data_dir=data_flag, **kwargs)
     types = protocol_user_types(protocol)
     if len(data_cfg.type_mix) != len(types):
         raise ConfigError(

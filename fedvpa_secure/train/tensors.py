@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fedvpa_secure.data.protocols import HARMLESS
 from fedvpa_secure.data.types import ClientData
 from fedvpa_secure.model.preference_model import EpisodeBatch
 
@@ -27,6 +28,7 @@ class ClientTensors:
     label: torch.Tensor  # (n,) float: 1.0 if the user prefers response a
     conflicting: torch.Tensor  # (n,) bool
     type_labels: torch.Tensor  # (n, n_types) long: 1 = a, 0 = b, -1 unknown for that type
+    domain: torch.Tensor | None = None  # (n,) float: 1.0 if the prompt is a harmlessness one
     emb_a: torch.Tensor | None = None  # frozen: (n, H)
     emb_b: torch.Tensor | None = None
     ids_a: torch.Tensor | None = None  # lora: (n, T)
@@ -53,6 +55,14 @@ def label_tensors(
     return label, conflicting, type_labels
 
 
+def domain_tensor(client: ClientData) -> torch.Tensor:
+    """(n,) 1.0 where the pair's prompt comes from the harmlessness collection (Pair.domain).
+
+    The target of a domain-gated model's router during training; never read at evaluation.
+    """
+    return torch.tensor([1.0 if p.domain == HARMLESS else 0.0 for p in client.pairs])
+
+
 def frozen_client_tensors(
     clients: Sequence[ClientData],
     user_types: Sequence[str],
@@ -71,6 +81,7 @@ def frozen_client_tensors(
                 label,
                 conflicting,
                 type_labels,
+                domain=domain_tensor(client),
                 emb_a=emb_a,
                 emb_b=emb_b,
             )
@@ -96,6 +107,7 @@ def token_client_tensors(
                 label,
                 conflicting,
                 type_labels,
+                domain=domain_tensor(client),
                 ids_a=ta["input_ids"],
                 att_a=ta["attention_mask"],
                 ids_b=tb["input_ids"],
@@ -135,6 +147,12 @@ def make_batch(
     a_first = ctx_label.bool()
     user_type = torch.tensor([c.user_type for c in clients], dtype=torch.long)
     query_label = _gather_rows([c.label for c in clients], q_idx) * q_mask
+    domains = {}
+    if all(c.domain is not None for c in clients):
+        domains = {
+            "ctx_domain": _gather_rows([c.domain for c in clients], ctx_idx),
+            "query_domain": _gather_rows([c.domain for c in clients], q_idx),
+        }
     if clients[0].emb_a is not None:
         ctx_a = _gather_rows([c.emb_a for c in clients], ctx_idx)
         ctx_b = _gather_rows([c.emb_b for c in clients], ctx_idx)
@@ -148,6 +166,7 @@ def make_batch(
             query_label=query_label,
             query_mask=q_mask,
             user_type=user_type,
+            **domains,
         )
     ids: dict[str, torch.Tensor] = {}
     att: dict[str, torch.Tensor] = {}
@@ -191,4 +210,5 @@ def make_batch(
         user_type=user_type,
         token_ids=ids,
         token_att=att,
+        **domains,
     )

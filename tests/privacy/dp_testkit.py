@@ -15,17 +15,20 @@ EMBED = 32
 
 
 def frozen_client(client_id: str = "c0", n: int = 40, seed: int = 0) -> ClientTensors:
-    """A client whose pairs are random embeddings (frozen mode)."""
+    """A client whose pairs are random embeddings (frozen mode) with random domain tags."""
     gen = torch.Generator().manual_seed(seed)
     label = (torch.rand(n, generator=gen) > 0.5).float()
+    emb_a = torch.randn(n, EMBED, generator=gen)
+    emb_b = torch.randn(n, EMBED, generator=gen)
     return ClientTensors(
         client_id,
         0,
         label,
         torch.zeros(n, dtype=torch.bool),
         torch.zeros(n, 2, dtype=torch.long),
-        emb_a=torch.randn(n, EMBED, generator=gen),
-        emb_b=torch.randn(n, EMBED, generator=gen),
+        domain=(torch.rand(n, generator=gen) > 0.5).float(),
+        emb_a=emb_a,
+        emb_b=emb_b,
     )
 
 
@@ -56,8 +59,9 @@ def tiny_config(
     episodes_per_step: int = 100,
     local_steps: int = 2,
     mode: str = "frozen",
+    **model_fields,
 ) -> ExperimentConfig:
-    model = ModelConfig(latent_dim=8, hidden_dim=16)
+    model = ModelConfig(latent_dim=8, hidden_dim=16, **model_fields)
     if mode == "lora":
         model = ModelConfig(
             backbone="tiny-causal",

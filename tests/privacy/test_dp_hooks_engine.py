@@ -30,8 +30,8 @@ from fedvpa_secure.train.tensors import make_batch
 FEDERATED = [m for m, spec in METHODS.items() if spec.federated]  # central-vpl: same model
 
 
-def _setup(method: str, client=None, mode: str = "frozen"):
-    cfg = tiny_config(method, beta=0.05, mode=mode)
+def _setup(method: str, client=None, mode: str = "frozen", **model_fields):
+    cfg = tiny_config(method, beta=0.05, mode=mode, **model_fields)
     model = tiny_model(cfg, 0)
     client = client or frozen_client()
     items = sample_episodes([client], 4, 2, 10**9, np.random.default_rng(0))
@@ -91,6 +91,25 @@ def test_per_episode_gradients_equal_the_jacobian_rows(method: str) -> None:
         torch.testing.assert_close(got.grads[n], want[n], rtol=1e-4, atol=1e-6, msg=n)
     if model.spec.mixture_prior:  # the local logits' gradient comes out too
         assert got.log_weights_grad is not None and got.log_weights_grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    ("method", "posterior"),
+    [("monolithic", "encoder"), ("oracle", "encoder"), ("fedvpa-gp", "encoder")],
+)
+def test_gated_linear_head_gradients_equal_the_jacobian_rows(method: str, posterior: str) -> None:
+    """The domain-gated linear head (the p3 setting): the router's cross-entropy is in the
+    per-episode loss, and its detached use in the reward adds nothing."""
+    fields = {"head": "linear", "domain_gate": True, "posterior": posterior}
+    cfg, model, batch, prior, names = _setup(method, **fields)
+    assert batch.query_domain is not None and "domain_gate.weight" in names
+    torch.manual_seed(11)
+    got = per_sample_hooks(model, batch, cfg, prior, names)
+    torch.manual_seed(11)
+    want = _jacobian_rows(model, batch, cfg, prior, names)
+    for n in names:
+        torch.testing.assert_close(got.grads[n], want[n], rtol=1e-4, atol=1e-6, msg=n)
+    assert got.grads["domain_gate.weight"].abs().sum() > 0  # the router is trained
 
 
 @pytest.mark.parametrize("method", ["monolithic", "fedvpl-ortho", "fedvpa-gp"])

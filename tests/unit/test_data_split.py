@@ -159,3 +159,26 @@ def test_real_split_shares_no_opener_across_subsets(tmp_path: Path) -> None:
     assert not {p.pair_id for p in train.pairs} & {p.pair_id for p in evaluation.pairs}
     share = len(evaluation.pairs) / (len(train.pairs) + len(evaluation.pairs))
     assert 0.18 < share < 0.32
+
+
+def test_split_command_writes_the_library_split_and_refuses_to_overwrite(tmp_path, capsys):
+    from fedvpa_secure.cli import main
+
+    src = tmp_path / "src"
+    write_jsonl(
+        src / "helpful-base" / "test.jsonl.gz",
+        [
+            {"chosen": dialogue(f"q{i}", "yes"), "rejected": dialogue(f"q{i}", "no")}
+            for i in range(40)
+        ],
+    )
+    argv = ["split", str(src), "--train", str(tmp_path / "t"), "--eval", str(tmp_path / "e")]
+    assert main(argv) == 0
+    assert "evaluation rows" in capsys.readouterr().out
+    split_folder(src, tmp_path / "lib_t", tmp_path / "lib_e", 0.3, 0)  # the command's defaults
+    for side, lib in (("t", "lib_t"), ("e", "lib_e")):
+        got = (tmp_path / side / "helpful-base" / "test.jsonl.gz").read_bytes()
+        assert got == (tmp_path / lib / "helpful-base" / "test.jsonl.gz").read_bytes()
+    assert main(argv) == 2  # the folders are not empty now
+    assert "exists and is not empty" in capsys.readouterr().err
+    assert main([*argv, "--overwrite"]) == 0
