@@ -98,8 +98,8 @@ class ModelConfig:
     likelihood_temperature: float = 1.0  # divides the E-step logits (1: the plain E-step)
     # The reward head on the (gated) embeddings. "mlp": r = MLP([f(e), z]) + z^T W f(e) with f a
     # two-layer MLP. "linear": r = w . e + z^T V e, one linear Bradley-Terry reward per point
-    # of z-space; with weight decay it is the L2 logistic probe of benchmarks/feature_probe.py,
-    # which on frozen features generalises where the MLP memorises a client's pairs.
+    # of z-space, the form of benchmarks/feature_probe.py's logistic probes, which on frozen
+    # features generalises where the MLP memorises a client's pairs.
     head: str = "mlp"
     # Route each pair by its prompt's domain: e -> [e (1 - g), e g], g = sigmoid(u . mean of the
     # pair's two embeddings), so the reward can differ between harmful and ordinary requests
@@ -363,9 +363,10 @@ class ExperimentConfig:
 # to expect": 3 seeds, unseen users of a held-out folder). `experiment` applies them where a flag
 # is not given; every other protocol keeps the dataclass defaults (not measured with these yet).
 # Why each: a linear head with the domain gate generalises where the MLP memorises a client's
-# pairs; 128 context pairs are what the E-step needs to tell the types apart (64: half as
-# often); FedAdam at 0.03 moves a linear reward far enough in 40 rounds (0.003: the oracle
-# gains nothing); no KL or pull on the discrete posterior.
+# pairs; the E-step needs long contexts to tell the types apart (unseen users with 64 / 128 /
+# 256 context pairs: 36% / 47% / 70% of the oracle's gain); FedAdam at 0.03 moves a linear
+# reward far enough in 40 rounds (0.003: the oracle gains nothing); no KL or pull on the
+# discrete posterior.
 PROTOCOL_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     "p3": {
         "data": {

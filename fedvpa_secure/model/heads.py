@@ -116,7 +116,7 @@ class RewardDecoder(nn.Module):
 class LinearRewardDecoder(nn.Module):
     """r(x, y, z) = w . f + z^T V f / sqrt(d): a linear Bradley-Terry reward for each z.
 
-    On frozen sentence embeddings a linear reward with weight decay generalises to unseen users
+    On frozen sentence embeddings a linear reward generalises to unseen users
     where an MLP memorises each client's pairs (measured on p3: train BT loss 0.13, unseen users
     at chance). ``cond_dim = 0`` gives the monolithic reward.
     """
