@@ -37,6 +37,11 @@ class MethodSpec:
     federated: bool  # FedAvg over clients (False: pooled, centralised training)
     oracle: bool = False  # told each user's true type (the ceiling of personalisation)
 
+    @property
+    def has_prototypes(self) -> bool:
+        """Prototypes exist (mixture prior or ortho/pull); the likelihood posterior needs them."""
+        return self.latent and (self.mixture_prior or self.ortho_pull)
+
 
 METHODS: dict[str, MethodSpec] = {
     spec.name: spec
@@ -332,8 +337,7 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         spec = method_spec(self.method)
         _check(
-            self.model.posterior == "encoder"
-            or (spec.latent and (spec.mixture_prior or spec.ortho_pull)),
+            self.model.posterior == "encoder" or spec.has_prototypes,
             "model.posterior",
             self.model.posterior,
             f"'encoder' for method {self.method!r} (the likelihood posterior needs prototypes)",

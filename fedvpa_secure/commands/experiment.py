@@ -47,22 +47,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     # flags left at None take the protocol's measured defaults (config.PROTOCOL_DEFAULTS),
     # else the dataclass defaults
-    g.add_argument("--clients", type=int, default=None, help=_default_help("data", "n_clients"))
-    g.add_argument(
-        "--eval-clients", type=int, default=None, help=_default_help("data", "n_eval_clients")
-    )
-    g.add_argument(
-        "--pairs-per-client",
-        type=int,
-        default=None,
-        help=_default_help("data", "pairs_per_client"),
-    )
-    g.add_argument(
-        "--eval-pairs-per-client",
-        type=int,
-        default=None,
-        help=_default_help("data", "eval_pairs_per_client"),
-    )
+    _protocol_flag(g, "--clients", int, "data", "n_clients")
+    _protocol_flag(g, "--eval-clients", int, "data", "n_eval_clients")
+    _protocol_flag(g, "--pairs-per-client", int, "data", "pairs_per_client")
+    _protocol_flag(g, "--eval-pairs-per-client", int, "data", "eval_pairs_per_client")
     g.add_argument("--type-mix", default=None, help="fractions per user type, e.g. 0.3,0.7")
     g.add_argument(
         "--max-pairs-per-subset",
@@ -103,10 +91,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="route each pair by its prompt's domain (a router trained on the training pairs' "
         "source tags); " + _default_help("model", "domain_gate"),
     )
-    g.add_argument("--beta", type=float, default=None, help=_default_help("objective", "beta"))
-    g.add_argument(
-        "--pull-weight", type=float, default=None, help=_default_help("objective", "pull_weight")
-    )
+    _protocol_flag(g, "--beta", float, "objective", "beta")
+    _protocol_flag(g, "--pull-weight", float, "objective", "pull_weight")
     g = p.add_argument_group("federation")
     g.add_argument("--rounds", type=int, default=DEFAULTS.train.rounds)
     g.add_argument(
@@ -116,12 +102,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="0 = all training clients",
     )
     g.add_argument("--local-steps", type=int, default=DEFAULTS.train.local_steps)
-    g.add_argument(
-        "--context-size", type=int, default=None, help=_default_help("train", "context_size")
-    )
-    g.add_argument(
-        "--query-size", type=int, default=None, help=_default_help("train", "query_size")
-    )
+    _protocol_flag(g, "--context-size", int, "train", "context_size")
+    _protocol_flag(g, "--query-size", int, "train", "query_size")
     g.add_argument(
         "--eval-context-size",
         type=int,
@@ -136,12 +118,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="FedAvg or FedAdam on the mean delta; " + _default_help("train", "server_optimizer"),
     )
-    g.add_argument(
-        "--server-learning-rate",
-        type=float,
-        default=None,
-        help=_default_help("train", "server_learning_rate"),
-    )
+    _protocol_flag(g, "--server-learning-rate", float, "train", "server_learning_rate")
     g.add_argument("--episodes-per-step", type=int, default=DEFAULTS.train.episodes_per_step)
     g.add_argument("--seed", type=int, default=0)
     g = p.add_argument_group("privacy (PRIVACY.md; each guarantee is reported with its unit)")
@@ -198,6 +175,11 @@ def _type_mix(text: str | None) -> tuple[float, ...]:
         raise ConfigError(
             f"--type-mix={text!r} is invalid: expected fractions like 0.3,0.7"
         ) from err
+
+
+def _protocol_flag(g, flag: str, kind: type, group: str, name: str) -> None:
+    """A numeric flag whose default (None) is resolved per protocol by config_from_args."""
+    g.add_argument(flag, type=kind, default=None, help=_default_help(group, name))
 
 
 def _default_help(group: str, name: str) -> str:
@@ -271,12 +253,13 @@ def aggregator_from_args(args: argparse.Namespace, cfg: ExperimentConfig, n_clie
     )
 
 
-def _resolved(args: argparse.Namespace, protocol: str, group: str, flags: dict[str, str]):
-    """Config fields of one group: the flag where given, else the protocol's default."""
+def _resolved(args: argparse.Namespace, protocol: str, group: str, *names: str) -> dict:
+    """Config fields of one group (each flag's dest is the field name): the flag where given,
+    else the protocol's default, else the dataclass default."""
     defaults = protocol_defaults(protocol, group)
     out = {}
-    for name, flag in flags.items():
-        value = getattr(args, flag, None)
+    for name in names:
+        value = getattr(args, name)
         if value is None:
             value = defaults.get(name, getattr(getattr(DEFAULTS, group), name))
         out[name] = value
@@ -286,15 +269,8 @@ def _resolved(args: argparse.Namespace, protocol: str, group: str, flags: dict[s
 def config_from_args(args: argparse.Namespace, data_cfg: DataConfig) -> ExperimentConfig:
     protocol = data_cfg.protocol
     dp = dp_config_from_args(args)
-    model = _resolved(
-        args,
-        protocol,
-        "model",
-        {"head": "head", "domain_gate": "domain_gate", "posterior": "posterior"},
-    )
-    spec = method_spec(args.method)
-    has_prototypes = spec.latent and (spec.mixture_prior or spec.ortho_pull)
-    if args.posterior is None and (not has_prototypes or dp is not None):
+    model = _resolved(args, protocol, "model", "head", "domain_gate", "posterior")
+    if args.posterior is None and (not method_spec(args.method).has_prototypes or dp is not None):
         # the protocol's likelihood default needs prototypes and no DP; an explicit
         # --posterior is left to ExperimentConfig's check, which says why it cannot run
         model["posterior"] = "encoder"
@@ -311,9 +287,7 @@ def config_from_args(args: argparse.Namespace, data_cfg: DataConfig) -> Experime
             n_components=args.components,
             **model,
         ),
-        objective=ObjectiveConfig(
-            **_resolved(args, protocol, "objective", {"beta": "beta", "pull_weight": "pull_weight"})
-        ),
+        objective=ObjectiveConfig(**_resolved(args, protocol, "objective", "beta", "pull_weight")),
         train=TrainConfig(
             rounds=args.rounds,
             clients_per_round=args.clients_per_round,
@@ -324,13 +298,11 @@ def config_from_args(args: argparse.Namespace, data_cfg: DataConfig) -> Experime
                 args,
                 protocol,
                 "train",
-                {
-                    "context_size": "context_size",
-                    "query_size": "query_size",
-                    "eval_context_size": "eval_context_size",
-                    "server_optimizer": "server_optimizer",
-                    "server_learning_rate": "server_learning_rate",
-                },
+                "context_size",
+                "query_size",
+                "eval_context_size",
+                "server_optimizer",
+                "server_learning_rate",
             ),
         ),
         data=data_cfg,

@@ -105,7 +105,7 @@ class PreferenceModel(nn.Module):
         decoder = LinearRewardDecoder if linear else RewardDecoder
         self.decoder = decoder(feature_dim, cond_dim)
         self.prototypes: nn.Parameter | None = None
-        if spec.latent and (spec.mixture_prior or spec.ortho_pull):
+        if spec.has_prototypes:
             self.prototypes = nn.Parameter(
                 init_prototypes(
                     model_cfg.n_components, model_cfg.latent_dim, objective_cfg.prior_scale, seed
