@@ -14,9 +14,13 @@ turn, so evaluation users' prompts are unseen) and used as --eval-data.
 4): every other setting stays as in the no-DP row, so a row differs from ``none`` by DP only.
 
 Sizes and settings not given here are the experiment command's defaults for the protocol
-(config.PROTOCOL_DEFAULTS: for p3, 20 clients x 256 pairs, 8 unseen users x 320, the
-domain-gated linear head, the likelihood posterior for methods with prototypes, 128 context
-pairs in training and 256 at evaluation, FedAdam at 0.03).
+(config.PROTOCOL_DEFAULTS: on p1, p2 and p3 the domain-gated linear head, the likelihood
+posterior for methods with prototypes, 128 context pairs in training, FedAdam at 0.03; p3 with
+20 clients x 256 pairs and 8 unseen users x 320 personalised from 256 context pairs).
+
+``--reuse`` takes a run's report.json from --out instead of running it again when the report
+was written with the same configuration from the same --data: an interrupted table resumes
+where it stopped, and a run with other settings is run again (its folder overwritten).
 
 ``--train``, ``--objective`` and ``--model`` set any other field of those configs for every row
 (``--train server_learning_rate=0.003 --model head=mlp domain_gate=false``); an override of
@@ -100,6 +104,29 @@ def _override(cfg, overrides: dict[str, dict[str, object]]):
         raise SystemExit(f"bad override: {err}") from None
 
 
+def _finished_report(out: Path, cfg) -> dict | None:
+    """The report already in ``out`` when it was written by this very configuration."""
+    path = out / "report.json"
+    if not path.is_file():
+        return None
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return report if _comparable(report.get("config")) == _comparable(cfg.to_dict()) else None
+
+
+def _comparable(config: dict | None) -> dict | None:
+    """A config as JSON reads it back (tuples become lists), without the split's folders: each
+    invocation splits --data into a new temporary folder, the same pairs every time."""
+    if config is None:
+        return None
+    config = json.loads(json.dumps(config))
+    for key in ("data_dir", "eval_data_dir"):
+        config.get("data", {}).pop(key, None)
+    return config
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=None, help="HH-RLHF folder (default: synthetic only)")
@@ -121,6 +148,11 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--out", default="runs/learner_table")
     parser.add_argument("--json", dest="json_path", default=None)
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="take finished runs with the same configuration from --out instead of rerunning",
+    )
     parser.add_argument(
         "--dp-epsilons",
         nargs="+",
@@ -190,7 +222,9 @@ def main() -> int:
                 )
                 cfg = _override(config_from_args(ns, data_cfg), overrides)
                 out = Path(args.out) / protocol / f"{row.replace(' ', '-')}-s{seed}"
-                report = run_experiment(cfg, data, out)
+                report = _finished_report(out, cfg) if args.reuse else None
+                if report is None:
+                    report = run_experiment(cfg, data, out)
                 rows.setdefault(protocol, {}).setdefault(row, []).append(report)
                 print(
                     f"{protocol} {row} seed {seed}: overall "

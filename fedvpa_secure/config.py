@@ -363,32 +363,55 @@ class ExperimentConfig:
         return _asdict(self)
 
 
-# The settings under which FedVPA-GP personalises on p3 with the frozen backbone (README, "What
-# to expect": 3 seeds, unseen users of a held-out folder). `experiment` applies them where a flag
-# is not given; every other protocol keeps the dataclass defaults (not measured with these yet).
-# Why each: a linear head with the domain gate generalises where the MLP memorises a client's
-# pairs; the E-step needs long contexts to tell the types apart (unseen users with 64 / 128 /
-# 256 context pairs: 36% / 47% / 70% of the oracle's gain); FedAdam at 0.03 moves a linear
-# reward far enough in 40 rounds (0.003: the oracle gains nothing); no KL or pull on the
-# discrete posterior.
+# The settings under which FedVPA-GP personalises on HH-RLHF with the frozen backbone (README,
+# "What to expect": 3 seeds, unseen users of a held-out folder). `experiment` applies them where a
+# flag is not given; the synthetic protocol keeps the dataclass defaults. Found on p3: a linear
+# head with the domain gate generalises where the MLP memorises a client's pairs; the E-step
+# needs long contexts to tell the types apart (unseen users with 64 / 128 / 256 context pairs:
+# 36% / 47% / 70% of the oracle's gain); FedAdam at 0.03 moves a linear reward far enough in 40
+# rounds (0.003: the oracle gains nothing); no KL or pull on the discrete posterior. p1 and p2
+# share the recipe, with client counts and sizes that fit the pairs of each type in
+# ../shared/data/hh-rlhf (its 70% training split holds 1530 harmless-type pairs for p1 and 959
+# for p2; the evaluation split 684 and 437), so their unseen users have shorter contexts.
+_HH_LEARNER: dict[str, dict[str, Any]] = {
+    "model": {"head": "linear", "domain_gate": True, "posterior": "likelihood"},
+    "objective": {"beta": 0.0, "pull_weight": 0.0},
+    "train": {"query_size": 32, "server_optimizer": "adam", "server_learning_rate": 0.03},
+}
+
+
+def _hh_defaults(
+    n_clients: int,
+    pairs_per_client: int,
+    n_eval_clients: int,
+    eval_pairs_per_client: int,
+    context_size: int,
+    eval_context_size: int,
+) -> dict[str, dict[str, Any]]:
+    """One HH protocol's defaults: the shared recipe with its own sizes and context lengths."""
+    data = {
+        "n_clients": n_clients,
+        "pairs_per_client": pairs_per_client,
+        "n_eval_clients": n_eval_clients,
+        "eval_pairs_per_client": eval_pairs_per_client,
+    }
+    train = {
+        **_HH_LEARNER["train"],
+        "context_size": context_size,
+        "eval_context_size": eval_context_size,
+    }
+    return {
+        "data": data,
+        "model": dict(_HH_LEARNER["model"]),
+        "objective": dict(_HH_LEARNER["objective"]),
+        "train": train,
+    }
+
+
 PROTOCOL_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
-    "p3": {
-        "data": {
-            "n_clients": 20,
-            "pairs_per_client": 256,
-            "n_eval_clients": 8,
-            "eval_pairs_per_client": 320,
-        },
-        "model": {"head": "linear", "domain_gate": True, "posterior": "likelihood"},
-        "objective": {"beta": 0.0, "pull_weight": 0.0},
-        "train": {
-            "context_size": 128,
-            "query_size": 32,
-            "eval_context_size": 256,
-            "server_optimizer": "adam",
-            "server_learning_rate": 0.03,
-        },
-    },
+    "p1": _hh_defaults(10, 256, 8, 160, 128, 128),
+    "p2": _hh_defaults(10, 180, 4, 200, 128, 160),
+    "p3": _hh_defaults(20, 256, 8, 320, 128, 256),
 }
 
 

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from fedvpa_secure.config import PROTOCOLS
+from fedvpa_secure.config import HEADS, POSTERIORS, PROTOCOLS
 from fedvpa_secure.errors import ConfigError, FedVPAError
 
 
@@ -37,6 +37,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", default="fedvpa-gp")
     p.add_argument("--backbone", default="all-MiniLM-L6-v2")
     p.add_argument("--max-length", type=int, default=128)
+    # left out: the learner's dataclass defaults (the encoder posterior, the MLP head, no gate)
+    p.add_argument(
+        "--posterior",
+        choices=POSTERIORS,
+        default=None,
+        help="encoder, or likelihood (the E-step of the p3 recipe; prototypes needed, no "
+        "record-level DP: pass --dp-epsilon 0)",
+    )
+    p.add_argument("--head", choices=HEADS, default=None, help="reward head: mlp or linear")
+    p.add_argument(
+        "--domain-gate",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="route each pair by its prompt's domain (HH-RLHF protocols)",
+    )
     p.add_argument("--pairs-per-client", type=int, default=48)
     p.add_argument("--eval-clients", type=int, default=6)
     p.add_argument("--local-steps", type=int, default=5)
@@ -98,6 +113,12 @@ def write_toml(path: Path, tables: dict[str, dict[str, object]]) -> Path:
     return path
 
 
+def _given_model_fields(args: argparse.Namespace) -> dict[str, object]:
+    """The model fields given on the command line (``getattr``: namespaces built by hand)."""
+    given = {name: getattr(args, name, None) for name in ("posterior", "head", "domain_gate")}
+    return {k: v for k, v in given.items() if v is not None}
+
+
 def prepare_run(args: argparse.Namespace) -> tuple[Path, list[str], dict[str, Path]]:
     """Certs, shards and config files; returns (server.toml, client ids, client.toml paths)."""
     from fedvpa_secure.client.shards import write_client_shards
@@ -119,7 +140,12 @@ def prepare_run(args: argparse.Namespace) -> tuple[Path, list[str], dict[str, Pa
         "method": args.method,
         "device": "cpu",
         "cache_dir": str(Path(args.cache_dir).resolve()),
-        "model": {"backbone": args.backbone, "mode": "frozen", "max_length": args.max_length},
+        "model": {
+            "backbone": args.backbone,
+            "mode": "frozen",
+            "max_length": args.max_length,
+            **_given_model_fields(args),
+        },
         "train": {
             "rounds": args.rounds,
             "clients_per_round": per_round,

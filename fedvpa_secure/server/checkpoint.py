@@ -4,7 +4,8 @@ Layout under the checkpoint folder::
 
     state.json                  the commit point: last complete round, next attempt, round log
     round-0003/model.safetensors    global weights (every state-dict entry)
-    round-0003/prior.safetensors    the mixture prior (log_pi, prior_var, prototypes)
+    round-0003/prior.safetensors    the mixture prior (log_pi, prior_var, prototypes; ll_offset
+                                    with the likelihood posterior)
     round-0003/optimizer.pt         server optimizer state (FedAdam moments)
     round-0003/adapter/             peft adapter folder (lora mode; a NOTE file in frozen mode)
 
@@ -31,7 +32,7 @@ from fedvpa_secure.atomic_json import write_json_atomic
 from fedvpa_secure.errors import ConfigError
 
 STATE_FILE = "state.json"
-PRIOR_KEYS = ("log_pi", "prior_var", "prototypes")
+PRIOR_KEYS = ("log_pi", "prior_var", "prototypes", "ll_offset")
 
 
 @dataclass

@@ -226,12 +226,6 @@ class ServerSettings:
     run_id: str = "fedvpa-run"
 
     def __post_init__(self) -> None:
-        if self.experiment.model.posterior != "encoder":
-            raise ConfigError(
-                "experiment.model.posterior='likelihood' is in-process only for now (fedvpa-secure "
-                "experiment): the gRPC federation does not carry its prior/ll statistic nor "
-                "checkpoint its offset; set experiment.model.posterior = 'encoder'"
-            )
         if not self.dp.user_level:
             return
         r = self.rounds

@@ -174,6 +174,43 @@ def test_simulate_three_clients_then_audit(tmp_path: Path, capsys) -> None:
     _assert_equals_in_process(out, ["c000", "c001", "c002"], rounds=2)
 
 
+def test_simulate_carries_the_likelihood_posteriors_statistic(tmp_path: Path) -> None:
+    """The p3 recipe's E-step over gRPC: each client's prior/ll goes into the masked sum and the
+    server's offset, rebuilt from the sum alone, matches the in-process run."""
+    out = tmp_path / "RUN"
+    rc = subprocess.run(
+        [
+            *CLI,
+            "simulate",
+            "--clients",
+            "3",
+            "--rounds",
+            "2",
+            "--out",
+            str(out),
+            *TINY,
+            "--posterior",
+            "likelihood",
+            "--head",
+            "linear",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--dp-epsilon",
+            "0",
+        ],
+        env=ENV,
+        timeout=240,
+        capture_output=True,
+        text=True,
+    )
+    assert rc.returncode == 0, rc.stderr[-3000:] + (out / "logs" / "server.log").read_text()[-3000:]
+    prior = load_file(str(out / "checkpoints" / "round-0002" / "prior.safetensors"))
+    # zero until the server has a summed prior/ll: nonzero means the statistic crossed the wire
+    assert np.abs(prior["ll_offset"]).max() > 1e-4
+    assert abs(float(prior["ll_offset"].sum())) < 1e-4  # centred, as the server writes it
+    _assert_equals_in_process(out, ["c000", "c001", "c002"], rounds=2)
+
+
 def _assert_equals_in_process(out: Path, ids: list[str], rounds: int) -> None:
     """The secure federation's model equals an in-process plain-sum run within quantisation."""
     from fedvpa_secure.client.learner import ClientLearner

@@ -1,11 +1,16 @@
-"""`experiment` takes the measured p3 settings where a flag is not given (config.PROTOCOL_DEFAULTS).
+"""`experiment` takes the measured HH settings where a flag is not given (config.PROTOCOL_DEFAULTS).
 
-An explicit flag always wins, other protocols keep the dataclass defaults, and a default that
-cannot apply to a method (the likelihood posterior without prototypes, or under DP) falls back
-instead of failing; an explicit one that cannot apply fails with the reason.
+p1, p2 and p3 share the learner recipe and differ in sizes, which must fit the project's
+HH-RLHF copy. An explicit flag always wins, the synthetic protocol keeps the dataclass
+defaults, and a default that cannot apply to a method (the likelihood posterior without
+prototypes, or under DP) falls back instead of failing; an explicit one that cannot apply
+fails with the reason.
 """
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import pytest
 
@@ -17,7 +22,9 @@ from fedvpa_secure.config import (
     ExperimentConfig,
     protocol_defaults,
 )
+from fedvpa_secure.data import split_folder
 from fedvpa_secure.errors import ConfigError
+from fedvpa_secure.train.data_setup import load_federated_data
 
 BASE = ExperimentConfig()
 
@@ -27,14 +34,18 @@ def _config(protocol: str, *flags: str) -> ExperimentConfig:
     return config_from_args(args, DataConfig(protocol=protocol))
 
 
-def test_p3_without_flags_runs_the_measured_recipe() -> None:
-    cfg = _config("p3", "--method", "fedvpa-gp")
-    want = PROTOCOL_DEFAULTS["p3"]
+@pytest.mark.parametrize(("protocol", "eval_context"), [("p1", 128), ("p2", 160), ("p3", 256)])
+def test_hh_protocols_without_flags_run_the_measured_recipe(
+    protocol: str, eval_context: int
+) -> None:
+    cfg = _config(protocol, "--method", "fedvpa-gp")
+    want = PROTOCOL_DEFAULTS[protocol]
     for group in ("model", "objective", "train"):
         for name, value in want[group].items():
             assert getattr(getattr(cfg, group), name) == value, f"{group}.{name}"
     assert cfg.model.head == "linear" and cfg.model.domain_gate
-    assert cfg.train.evaluation_context_size == 256
+    assert cfg.model.posterior == "likelihood"
+    assert cfg.train.evaluation_context_size == eval_context
 
 
 @pytest.mark.parametrize("method", ["monolithic", "oracle", "fedvpl", "central-vpl"])
@@ -90,3 +101,42 @@ def test_data_sizes_left_out_take_the_protocol_defaults() -> None:
     assert merged.n_clients == 5  # the flag
     assert merged.pairs_per_client == PROTOCOL_DEFAULTS["p3"]["data"]["pairs_per_client"]
     assert merged.eval_pairs_per_client == PROTOCOL_DEFAULTS["p3"]["data"]["eval_pairs_per_client"]
+
+
+REAL = Path(
+    os.environ.get("HH_RLHF_DIR") or Path(__file__).resolve().parents[3] / "shared/data/hh-rlhf"
+)
+
+
+@pytest.fixture(scope="module")
+def real_split(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The README's split of the project's HH-RLHF copy (`fedvpa-secure split`, 30%, seed 0)."""
+    if not REAL.is_dir():
+        pytest.skip(f"no HH-RLHF folder at {REAL}")
+    root = tmp_path_factory.mktemp("hh-split")
+    split_folder(REAL, root / "train", root / "eval", 0.3, 0)
+    return root / "train", root / "eval"
+
+
+@pytest.mark.parametrize("protocol", ["p1", "p2", "p3"])
+def test_hh_defaults_fit_the_projects_data(protocol: str, real_split: tuple[Path, Path]) -> None:
+    """The documented command, flags left out, builds every client it asks for on this data."""
+    train_dir, eval_dir = real_split
+    want = PROTOCOL_DEFAULTS[protocol]["data"]
+    fed, cfg = load_federated_data(str(train_dir), protocol, {"eval_data_dir": str(eval_dir)}, 0)
+    assert (cfg.n_clients, cfg.n_eval_clients) == (want["n_clients"], want["n_eval_clients"])
+    assert [len(c.pairs) for c in fed.train_clients] == [want["pairs_per_client"]] * len(
+        fed.train_clients
+    )
+    assert len(fed.train_clients) == want["n_clients"]
+    assert [len(c.pairs) for c in fed.eval_clients] == [want["eval_pairs_per_client"]] * want[
+        "n_eval_clients"
+    ]
+    # the control: one more client of these sizes per type is more than the data holds
+    with pytest.raises(ConfigError, match="lower the number of clients or pairs per client"):
+        load_federated_data(
+            str(train_dir),
+            protocol,
+            {"eval_data_dir": str(eval_dir), "n_clients": 2 * want["n_clients"]},
+            0,
+        )

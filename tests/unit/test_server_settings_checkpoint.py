@@ -38,7 +38,10 @@ def test_settings_resolve_paths_and_nested_experiment(tmp_path: Path) -> None:
         ("[rounds]\nclients_per_round = 3\nmin_survivors = 4\n", "clients_per_round"),
         ("[rounds]\nbogus = 1\n", "unknown keys"),
         ("[experiment]\nmethod = 'nope'\n", "method"),
-        ("[experiment.model]\nposterior = 'likelihood'\n", "in-process only"),
+        (
+            "[experiment]\nmethod = 'fedvpl'\n[experiment.model]\nposterior = 'likelihood'\n",
+            "needs prototypes",
+        ),
     ],
 )
 def test_bad_settings_name_the_field(tmp_path: Path, extra: str, match: str) -> None:
