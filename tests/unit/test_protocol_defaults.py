@@ -125,14 +125,11 @@ def test_hh_defaults_fit_the_projects_data(protocol: str, real_split: tuple[Path
     want = PROTOCOL_DEFAULTS[protocol]["data"]
     fed, cfg = load_federated_data(str(train_dir), protocol, {"eval_data_dir": str(eval_dir)}, 0)
     assert (cfg.n_clients, cfg.n_eval_clients) == (want["n_clients"], want["n_eval_clients"])
-    assert [len(c.pairs) for c in fed.train_clients] == [want["pairs_per_client"]] * len(
-        fed.train_clients
-    )
-    assert len(fed.train_clients) == want["n_clients"]
-    assert [len(c.pairs) for c in fed.eval_clients] == [want["eval_pairs_per_client"]] * want[
-        "n_eval_clients"
-    ]
-    # the control: one more client of these sizes per type is more than the data holds
+    train_sizes = [len(c.pairs) for c in fed.train_clients]
+    eval_sizes = [len(c.pairs) for c in fed.eval_clients]
+    assert train_sizes == [want["pairs_per_client"]] * want["n_clients"]
+    assert eval_sizes == [want["eval_pairs_per_client"]] * want["n_eval_clients"]
+    # the control: twice the training clients at these sizes is more than the data holds
     with pytest.raises(ConfigError, match="lower the number of clients or pairs per client"):
         load_federated_data(
             str(train_dir),
