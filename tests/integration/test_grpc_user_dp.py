@@ -199,11 +199,19 @@ def test_user_dp_over_grpc_noises_the_sum_at_the_planned_scale(tmp_path: Path) -
 # -- real server and client processes ------------------------------------------------------------
 
 
-def test_simulate_with_user_dp_records_every_round_and_audits(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "learner",
+    [[], ["--posterior", "likelihood", "--head", "linear"]],
+    ids=["encoder", "likelihood-posterior"],
+)
+def test_simulate_with_user_dp_records_every_round_and_audits(
+    tmp_path: Path, learner: list[str]
+) -> None:
+    """Also with the likelihood posterior, whose prior/ll joins the clipped, noised prior block."""
     from tests.integration.test_federation_processes import _assert_equals_in_process
 
     out = tmp_path / "RUN"
-    args = ["--clients", "3", "--rounds", "2", "--out", str(out), *TINY]
+    args = ["--clients", "3", "--rounds", "2", "--out", str(out), *TINY, *learner]
     args += ["--cache-dir", str(tmp_path / "cache"), "--dp-epsilon", "0"]
     args += [
         "--user-dp-epsilon",
