@@ -28,6 +28,9 @@ PRIOR_V = "prior/v"
 PRIOR_M1 = "prior/m1"  # sum of clipped posterior means (d)
 PRIOR_M2 = "prior/m2"  # sum of their outer products (d*d), for re-seeding the prototypes
 PRIOR_LL = "prior/ll"  # likelihood posterior: sum of per-episode mean context log-lik (K)
+# each episode's per-pair mean log-likelihood is clamped to [-LL_FLOOR, 0] before it is summed,
+# which bounds one episode's share of prior/ll and the range the population mean can take
+LL_FLOOR = 10.0
 PRIOR_KEYS = {"n": PRIOR_N, "v": PRIOR_V, "m1": PRIOR_M1, "m2": PRIOR_M2, "ll": PRIOR_LL}
 WEIGHT = "weight"
 MAX_CLIENT_WEIGHT = 4096.0  # example counts are capped so one client cannot dominate the average
@@ -122,7 +125,11 @@ def apply_sums(
         model.prior_var.copy_(var.to(model.prior_var.device))
     if PRIOR_LL in sums and PRIOR_N in sums and getattr(model, "likelihood_posterior", False):
         episodes = max(float(np.sum(sums[PRIOR_N])), 1.0)
-        offset = torch.as_tensor(sums[PRIOR_LL] / episodes, dtype=model.ll_offset.dtype)
+        # a mean of values in [-LL_FLOOR, 0] lies there too; under user-level DP the noisy sums
+        # can put the ratio outside (few users: small sum of n), and the E-step would then
+        # send everyone to one component. Clamping is post-processing: no privacy cost.
+        mean_ll = np.clip(np.asarray(sums[PRIOR_LL], np.float64) / episodes, -LL_FLOOR, 0.0)
+        offset = torch.as_tensor(mean_ll, dtype=model.ll_offset.dtype)
         model.ll_offset.copy_((offset - offset.mean()).to(model.ll_offset.device))
 
 

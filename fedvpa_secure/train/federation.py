@@ -23,6 +23,7 @@ from fedvpa_secure.errors import ConfigError
 from fedvpa_secure.model.preference_model import PreferenceModel
 from fedvpa_secure.model.prior import moment_statistics, sufficient_statistics, tau_schedule
 from fedvpa_secure.train.aggregation import (
+    LL_FLOOR,
     Aggregator,
     ServerOptimizer,
     Update,
@@ -91,7 +92,7 @@ def client_prior_statistics(
     stats = {"n": n_k, "v": v_k, "m1": m1, "m2": m2}
     if model.likelihood_posterior:
         # per-pair mean log-likelihoods are <= 0; clamped so that one episode's share is bounded
-        stats["ll"] = model.context_mean_loglik(batch).clamp(min=-10.0).sum(0).cpu()
+        stats["ll"] = model.context_mean_loglik(batch).clamp(min=-LL_FLOOR).sum(0).cpu()
     return stats
 
 

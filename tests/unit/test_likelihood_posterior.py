@@ -10,7 +10,7 @@ from learner_kit import random_clients
 from fedvpa_secure.config import ExperimentConfig, ModelConfig, ObjectiveConfig, TrainConfig
 from fedvpa_secure.errors import ConfigError
 from fedvpa_secure.model.preference_model import PreferenceModel
-from fedvpa_secure.train.aggregation import PRIOR_LL, PRIOR_N, apply_sums
+from fedvpa_secure.train.aggregation import LL_FLOOR, PRIOR_LL, PRIOR_N, apply_sums
 from fedvpa_secure.train.evaluate import EvalEpisodes
 from fedvpa_secure.train.federation import client_prior_statistics, run_federation
 from fedvpa_secure.train.local import sample_episodes
@@ -101,6 +101,33 @@ def test_the_offset_balances_the_e_step_and_comes_from_sums():
     assert abs(float((logits[:, 0] - logits[:, 1]).mean())) < 1e-5
 
 
+def _offset_from(n_total: float, ll: list[float]) -> torch.Tensor:
+    model = _model()
+    sums = {
+        PRIOR_N: np.array([n_total / 2, n_total / 2]),
+        "prior/v": np.ones(2),
+        PRIOR_LL: np.array(ll),
+        "weight": np.array([1.0]),
+    }
+    apply_sums(model, sums, 1.0)
+    return model.ll_offset.clone()
+
+
+@pytest.mark.parametrize("n_total", [0.05, -3.0])
+def test_a_noisy_sum_cannot_push_the_offset_outside_the_clamped_range(n_total: float):
+    """User-level DP noise on a few users' sums: sum(n) near zero or negative, ll noisy."""
+    # the means are clipped into [-LL_FLOOR, 0] (-40 -> -10, +3 -> 0), then centred; unclamped
+    # they would be -40 and +3 (episodes floored at 1), centred -21.5 / +21.5
+    offset = _offset_from(n_total, [-40.0, 3.0])
+    assert torch.allclose(offset, torch.tensor([-LL_FLOOR / 2, LL_FLOOR / 2]))
+
+
+def test_an_offset_inside_the_range_is_left_as_the_sums_say():
+    """CONTROL for the clamp: sums a real population produces pass through unchanged."""
+    offset = _offset_from(4.0, [-8.0, -4.0])  # means -2 and -1
+    assert torch.allclose(offset, torch.tensor([-0.5, 0.5]))
+
+
 def test_clients_release_the_summed_log_likelihood_statistic():
     cfg = _cfg()
     model = PreferenceModel(cfg.spec, cfg.model, cfg.objective, DIM, len(TYPES))
@@ -109,7 +136,7 @@ def test_clients_release_the_summed_log_likelihood_statistic():
         model, client, cfg, np.random.default_rng(0), torch.device("cpu")
     )
     assert stats["ll"].shape == (2,)
-    assert torch.all(stats["ll"] <= 0) and torch.all(stats["ll"] >= -10.0 * stats["n"].sum())
+    assert torch.all(stats["ll"] <= 0) and torch.all(stats["ll"] >= -LL_FLOOR * stats["n"].sum())
 
 
 def test_a_short_federation_runs_and_sets_the_offset():
