@@ -373,13 +373,6 @@ class ExperimentConfig:
 # share the recipe, with client counts and sizes that fit the pairs of each type in
 # ../shared/data/hh-rlhf (its 70% training split holds 1530 harmless-type pairs for p1 and 959
 # for p2; the evaluation split 684 and 437), so their unseen users have shorter contexts.
-_HH_LEARNER: dict[str, dict[str, Any]] = {
-    "model": {"head": "linear", "domain_gate": True, "posterior": "likelihood"},
-    "objective": {"beta": 0.0, "pull_weight": 0.0},
-    "train": {"query_size": 32, "server_optimizer": "adam", "server_learning_rate": 0.03},
-}
-
-
 def _hh_defaults(
     n_clients: int,
     pairs_per_client: int,
@@ -389,22 +382,22 @@ def _hh_defaults(
     eval_context_size: int,
 ) -> dict[str, dict[str, Any]]:
     """One HH protocol's defaults: the shared recipe with its own sizes and context lengths."""
-    data = {
-        "n_clients": n_clients,
-        "pairs_per_client": pairs_per_client,
-        "n_eval_clients": n_eval_clients,
-        "eval_pairs_per_client": eval_pairs_per_client,
-    }
-    train = {
-        **_HH_LEARNER["train"],
-        "context_size": context_size,
-        "eval_context_size": eval_context_size,
-    }
     return {
-        "data": data,
-        "model": dict(_HH_LEARNER["model"]),
-        "objective": dict(_HH_LEARNER["objective"]),
-        "train": train,
+        "data": {
+            "n_clients": n_clients,
+            "pairs_per_client": pairs_per_client,
+            "n_eval_clients": n_eval_clients,
+            "eval_pairs_per_client": eval_pairs_per_client,
+        },
+        "model": {"head": "linear", "domain_gate": True, "posterior": "likelihood"},
+        "objective": {"beta": 0.0, "pull_weight": 0.0},
+        "train": {
+            "context_size": context_size,
+            "query_size": 32,
+            "eval_context_size": eval_context_size,
+            "server_optimizer": "adam",
+            "server_learning_rate": 0.03,
+        },
     }
 
 

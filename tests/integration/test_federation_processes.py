@@ -139,30 +139,21 @@ def tmp_run(tmp_path: Path):
         run.kill_all()
 
 
-def test_simulate_three_clients_then_audit(tmp_path: Path, capsys) -> None:
+def _simulate_without_dp(tmp_path: Path, *learner: str) -> Path:
+    """simulate, 3 clients x 2 rounds on the tiny backbone; no DP noise, so that the run can be
+    compared with the in-process plain-sum run (``_assert_equals_in_process``)."""
     out = tmp_path / "RUN"
+    args = ["--clients", "3", "--rounds", "2", "--out", str(out), *TINY, *learner]
+    args += ["--cache-dir", str(tmp_path / "cache"), "--dp-epsilon", "0"]
     rc = subprocess.run(
-        [
-            *CLI,
-            "simulate",
-            "--clients",
-            "3",
-            "--rounds",
-            "2",
-            "--out",
-            str(out),
-            *TINY,
-            "--cache-dir",
-            str(tmp_path / "cache"),
-            "--dp-epsilon",
-            "0",  # equality with the in-process plain-sum run below needs no DP noise
-        ],
-        env=ENV,
-        timeout=240,
-        capture_output=True,
-        text=True,
+        [*CLI, "simulate", *args], env=ENV, timeout=240, capture_output=True, text=True
     )
     assert rc.returncode == 0, rc.stderr[-3000:] + (out / "logs" / "server.log").read_text()[-3000:]
+    return out
+
+
+def test_simulate_three_clients_then_audit(tmp_path: Path, capsys) -> None:
+    out = _simulate_without_dp(tmp_path)
     report = json.loads((out / "report.json").read_text())
     assert report["completed_rounds"] == 2 and report["secure"] is True
     assert 0.0 <= report["accuracy"]["overall"] <= 1.0
@@ -177,33 +168,7 @@ def test_simulate_three_clients_then_audit(tmp_path: Path, capsys) -> None:
 def test_simulate_carries_the_likelihood_posteriors_statistic(tmp_path: Path) -> None:
     """The p3 recipe's E-step over gRPC: each client's prior/ll goes into the masked sum and the
     server's offset, rebuilt from the sum alone, matches the in-process run."""
-    out = tmp_path / "RUN"
-    rc = subprocess.run(
-        [
-            *CLI,
-            "simulate",
-            "--clients",
-            "3",
-            "--rounds",
-            "2",
-            "--out",
-            str(out),
-            *TINY,
-            "--posterior",
-            "likelihood",
-            "--head",
-            "linear",
-            "--cache-dir",
-            str(tmp_path / "cache"),
-            "--dp-epsilon",
-            "0",
-        ],
-        env=ENV,
-        timeout=240,
-        capture_output=True,
-        text=True,
-    )
-    assert rc.returncode == 0, rc.stderr[-3000:] + (out / "logs" / "server.log").read_text()[-3000:]
+    out = _simulate_without_dp(tmp_path, "--posterior", "likelihood", "--head", "linear")
     prior = load_file(str(out / "checkpoints" / "round-0002" / "prior.safetensors"))
     # zero until the server has a summed prior/ll: nonzero means the statistic crossed the wire
     assert np.abs(prior["ll_offset"]).max() > 1e-4

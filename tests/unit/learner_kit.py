@@ -1,10 +1,19 @@
-"""Small in-memory clients for learner tests: random embeddings, two user types, known labels."""
+"""Small in-memory clients for learner tests: random embeddings, two user types, known labels;
+and where the real HH-RLHF copy lives for the tests that read it."""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import torch
 
 from fedvpa_secure.train.tensors import ClientTensors
+
+# HH_RLHF_DIR, else the project's copy beside the checkout (as CI has it)
+HH_RLHF = Path(
+    os.environ.get("HH_RLHF_DIR") or Path(__file__).resolve().parents[3] / "shared/data/hh-rlhf"
+)
 
 
 def random_clients(

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import gzip
-import os
 from pathlib import Path
 
 import pytest
+from learner_kit import HH_RLHF as REAL
 
 from fedvpa_secure.client.shards import load_client_data, write_shard
 from fedvpa_secure.errors import ConfigError
 
-REAL = Path(
-    os.environ.get("HH_RLHF_DIR") or Path(__file__).resolve().parents[3] / "shared/data/hh-rlhf"
-)
 pytestmark = pytest.mark.skipif(not REAL.is_dir(), reason=f"no HH-RLHF folder at {REAL}")
 ROWS = 12
 

@@ -10,6 +10,7 @@ import types
 from pathlib import Path
 
 import pytest
+from learner_kit import HH_RLHF as REAL
 
 from fedvpa_secure.data import hh_rlhf, source
 from fedvpa_secure.data.dialogue import pair_id
@@ -17,9 +18,6 @@ from fedvpa_secure.data.hh_rlhf import RawDataset, load_folder, load_hub
 from fedvpa_secure.data.source import SYNTHETIC, resolve_source
 from fedvpa_secure.errors import ConfigError, DataError
 
-REAL = Path(
-    os.environ.get("HH_RLHF_DIR") or Path(__file__).resolve().parents[3] / "shared/data/hh-rlhf"
-)
 needs_real = pytest.mark.skipif(not REAL.is_dir(), reason=f"no HH-RLHF folder at {REAL}")
 
 

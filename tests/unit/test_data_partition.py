@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from functools import cache
-from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from learner_kit import HH_RLHF as REAL
 
 from fedvpa_secure.data.dialogue import first_human_turn
 from fedvpa_secure.data.hh_rlhf import RawDataset, load_folder
@@ -19,9 +18,6 @@ from fedvpa_secure.data.split import split_pairs
 from fedvpa_secure.data.types import FederatedData
 from fedvpa_secure.errors import ConfigError
 
-REAL = Path(
-    os.environ.get("HH_RLHF_DIR") or Path(__file__).resolve().parents[3] / "shared/data/hh-rlhf"
-)
 needs_real = pytest.mark.skipif(not REAL.is_dir(), reason=f"no HH-RLHF folder at {REAL}")
 P3_MIX = {"helpful-first": 0.3, "harmless-first": 0.7}
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from functools import cache
-from pathlib import Path
 
 import numpy as np
 import pytest
+from learner_kit import HH_RLHF as REAL
 
 from fedvpa_secure.data.hh_rlhf import RawDataset, load_folder
 from fedvpa_secure.data.protocols import (
@@ -24,9 +23,6 @@ from fedvpa_secure.data.synthetic import CAT_LOVER, DOG_LOVER
 from fedvpa_secure.data.types import Pair, RawPair
 from fedvpa_secure.errors import ConfigError, DataError
 
-REAL = Path(
-    os.environ.get("HH_RLHF_DIR") or Path(__file__).resolve().parents[3] / "shared/data/hh-rlhf"
-)
 needs_real = pytest.mark.skipif(not REAL.is_dir(), reason=f"no HH-RLHF folder at {REAL}")
 CAP = 120
 

@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 from pathlib import Path
 
 import pytest
+from learner_kit import HH_RLHF as REAL
 
 from fedvpa_secure.data.dialogue import first_human_turn
 from fedvpa_secure.data.hh_rlhf import load_folder
 from fedvpa_secure.data.split import split_folder, split_pairs
 from fedvpa_secure.errors import ConfigError, DataError
 
-REAL = Path(
-    os.environ.get("HH_RLHF_DIR") or Path(__file__).resolve().parents[3] / "shared/data/hh-rlhf"
-)
 needs_real = pytest.mark.skipif(not REAL.is_dir(), reason=f"no HH-RLHF folder at {REAL}")
 
 

@@ -7,11 +7,10 @@ training pairs' public source tags only and never reads a tag at evaluation.
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 
 import pytest
 import torch
+from learner_kit import HH_RLHF as REAL
 
 from fedvpa_secure.config import ModelConfig, ObjectiveConfig, method_spec
 from fedvpa_secure.data.hh_rlhf import load_folder
@@ -23,9 +22,6 @@ from fedvpa_secure.model.objective import PriorContext, episode_loss
 from fedvpa_secure.model.preference_model import PreferenceModel
 from fedvpa_secure.train.tensors import ClientTensors, domain_tensor, make_batch
 
-REAL = Path(
-    os.environ.get("HH_RLHF_DIR") or Path(__file__).resolve().parents[3] / "shared/data/hh-rlhf"
-)
 needs_real = pytest.mark.skipif(not REAL.is_dir(), reason=f"no HH-RLHF folder at {REAL}")
 DIM = 6
 

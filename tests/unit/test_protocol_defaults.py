@@ -9,10 +9,10 @@ fails with the reason.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
+from learner_kit import HH_RLHF as REAL
 
 from fedvpa_secure.cli import build_parser
 from fedvpa_secure.commands.experiment import config_from_args, data_kwargs
@@ -101,11 +101,6 @@ def test_data_sizes_left_out_take_the_protocol_defaults() -> None:
     assert merged.n_clients == 5  # the flag
     assert merged.pairs_per_client == PROTOCOL_DEFAULTS["p3"]["data"]["pairs_per_client"]
     assert merged.eval_pairs_per_client == PROTOCOL_DEFAULTS["p3"]["data"]["eval_pairs_per_client"]
-
-
-REAL = Path(
-    os.environ.get("HH_RLHF_DIR") or Path(__file__).resolve().parents[3] / "shared/data/hh-rlhf"
-)
 
 
 @pytest.fixture(scope="module")
