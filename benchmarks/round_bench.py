@@ -7,9 +7,9 @@ the same machine load; it prints the median round time of each kind (after a war
 their ratio. A round is timed from sampling to the sum being available, local training included.
 
 Each row also shows the seconds a secure round spends in the secure-aggregation stages after
-local training (shares, masked input, signatures, unmasking; from the server's round log) and
-``(plain + protocol) / plain``: with n processes on a 2-core machine the local training time of
-a round swings by seconds from round to round, so the end-to-end ratio of a few rounds is
+local training (graph seed, shares, masked input, signatures, unmasking; from the server's round
+log) and ``(plain + protocol) / plain``: with n processes on a 2-core machine the local training
+time of a round swings by seconds from round to round, so the end-to-end ratio of a few rounds is
 mostly that noise, while the protocol stages are what secure aggregation adds.
 
 Part 2: 100 clients as threads in a few host processes (a numpy learner whose update has the
@@ -48,7 +48,13 @@ def _free_port() -> int:
 
 
 # Secure-round stages that run after local training (COLLECT_KEYS also waits for training).
-PROTOCOL_STAGES = ("COLLECT_SHARES", "COLLECT_MASKED", "COLLECT_SIGNATURES", "COLLECT_UNMASK")
+PROTOCOL_STAGES = (
+    "COLLECT_REVEALS",
+    "COLLECT_SHARES",
+    "COLLECT_MASKED",
+    "COLLECT_SIGNATURES",
+    "COLLECT_UNMASK",
+)
 
 
 def federation_round_times(
@@ -70,11 +76,14 @@ def federation_round_times(
         "--protocol", "synthetic", "--backbone", "tiny-causal", "--max-length", "64",
         "--pairs-per-client", "16", "--eval-clients", "3", "--stage-deadline", "60",
         "--timeout", "900", "--cache-dir", str(tmp / "cache"), "--dp-epsilon", "0",
+        "--user-dp-epsilon", "0",
     ])  # fmt: skip
     server_toml, ids, files = simulate.prepare_run(args)
     port = _free_port()
     text = server_toml.read_text().replace("127.0.0.1:0", f"127.0.0.1:{port}")
     server_toml.write_text(text.replace("[rounds]\n", "[rounds]\nalternate_plain = true\n"))
+    for cid in ids:  # the plain rounds are the baseline: these clients' policy must allow them
+        allow_plain(files[cid])
     logs = out / "logs"
     logs.mkdir(exist_ok=True)
     procs = [
@@ -114,6 +123,16 @@ def federation_round_times(
     return plain, secure, protocol
 
 
+def allow_plain(client_toml: Path) -> None:
+    """Add ``allow_plain = true`` to a client's ``[policy]`` (benchmarks only)."""
+    text = client_toml.read_text()
+    if "[policy]\n" in text:
+        text = text.replace("[policy]\n", "[policy]\nallow_plain = true\n")
+    else:
+        text += "\n[policy]\nallow_plain = true\n"
+    client_toml.write_text(text)
+
+
 class NumpyLearner:
     """A stand-in learner with a fixed update size (the 100-client scale test)."""
 
@@ -124,6 +143,14 @@ class NumpyLearner:
 
     def state_spec(self) -> dict:
         return {"w": ((self.dim,), "<f4")}
+
+    def update_spec(self) -> dict:
+        return {
+            "delta/w": ((self.dim,), "<f4"),
+            "prior/n": ((2,), "<f8"),
+            "prior/v": ((2,), "<f8"),
+            "weight": ((1,), "<f8"),
+        }
 
     def train_round(self, global_state: dict, tau: float, model_version: str) -> dict:
         rng = np.random.default_rng(self.index)
@@ -137,17 +164,20 @@ class NumpyLearner:
 
 def host_clients(certs: str, ids: list[str], port: int, state: str, dim: int) -> None:
     """Run several clients as threads in this process (``--host`` mode)."""
+    from fedvpa_secure.client.policy import PrivacyPolicy
     from fedvpa_secure.client.runtime import FederatedClient
     from fedvpa_secure.client.settings import ClientSettings
     from fedvpa_secure.transport.pki import client_files
 
+    # the protocol's cost only: this server runs no user-level DP, everything else is the default
+    policy = PrivacyPolicy(require_user_dp=False)
     threads = []
     for cid in ids:
-        f = client_files(certs, cid)
+        f = client_files(_client_folder(Path(certs), cid))
         settings = ClientSettings(
             cert=f.cert, key=f.key, ca=f.ca, identity=f.identity,
             registry=Path(certs) / "registry.json", state_dir=Path(state) / cid,
-            poll_wait_s=2.0, reconnect_s=60.0,
+            poll_wait_s=2.0, reconnect_s=60.0, policy=policy,
         )  # fmt: skip
         client = FederatedClient(
             f"127.0.0.1:{port}", cid, settings, learner=NumpyLearner(int(cid[1:]), dim)
@@ -159,17 +189,21 @@ def host_clients(certs: str, ids: list[str], port: int, state: str, dim: int) ->
         t.join()
 
 
+def _client_folder(certs: Path, cid: str) -> Path:
+    return certs.parent / "clients100" / cid
+
+
 def hundred_clients(tmp: Path, n: int, rounds: int, hosts: int, dim: int) -> tuple[int, float]:
     """n clients in ``hosts`` processes, ``rounds`` secure rounds; (completed, seconds)."""
     from fedvpa_secure.config import ExperimentConfig
     from fedvpa_secure.server.coordinator import Coordinator, Hooks
     from fedvpa_secure.server.serve import start_grpc
     from fedvpa_secure.server.settings import QuantSettings, RoundSettings, TlsFiles
-    from fedvpa_secure.transport.pki import load_registry, make_federation
+    from fedvpa_secure.transport.pki import load_registry, make_loopback_federation
 
     certs = tmp / "certs100"
     ids = [f"c{i:03d}" for i in range(n)]
-    make_federation(certs, ids)
+    make_loopback_federation(certs, {cid: _client_folder(certs, cid) for cid in ids})
     spec = {"delta/w": ((dim,), "<f4"), "prior/n": ((2,), "<f8"), "prior/v": ((2,), "<f8"),
             "weight": ((1,), "<f8")}  # fmt: skip
     w = {"w": np.zeros(dim, np.float32)}

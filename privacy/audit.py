@@ -25,7 +25,7 @@ from pathlib import Path
 from privacy.accountants import ACCOUNTANTS, canonical_name, make_accountant
 from privacy.budget import epsilon_matches
 from privacy.errors import LedgerIntegrityError, PrivacyError
-from privacy.ledger import Genesis, Ledger, LedgerEntry, find_ledgers
+from privacy.ledger import ACROSS_RUNS_PREFIX, Genesis, Ledger, LedgerEntry, find_ledgers
 
 SAME_KIND_RTOL = 1e-3
 """Recorded vs recomputed epsilon with the same accountant: identical code on identical events
@@ -222,8 +222,9 @@ def audit_path(
 ) -> AuditReport:
     """Audit a ledger file or every ``*.ledger.jsonl`` under a run directory.
 
-    Also flags ledgers of one directory that claim different ``run_id`` s, and duplicate
-    ``ledger_id`` s (a ledger copied over another actor's).
+    Also flags ledgers of one directory that claim different ``run_id`` s (ledgers that span
+    runs, :data:`ACROSS_RUNS_PREFIX`, aside), and duplicate ``ledger_id`` s (a ledger copied over
+    another actor's).
     """
     root = Path(path)
     audits = [
@@ -232,7 +233,8 @@ def audit_path(
     ]
     extra: list[Finding] = []
     readable = [(a.path, a.genesis) for a in audits if a.genesis is not None]
-    run_ids = sorted({g.run_id for _, g in readable})
+    # a ledger that spans runs (ACROSS_RUNS_PREFIX) may sit in any run's directory
+    run_ids = sorted({g.run_id for _, g in readable if not g.run_id.startswith(ACROSS_RUNS_PREFIX)})
     if len(run_ids) > 1:
         extra.append(Finding(root, None, None, f"ledgers belong to different runs: {run_ids}"))
     seen: dict[str, Path] = {}

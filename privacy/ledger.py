@@ -54,6 +54,9 @@ from privacy.events import PrivacyEvent, event_from_dict
 FORMAT_VERSION = 1
 LEDGER_SUFFIX = ".ledger.jsonl"
 GENESIS_PREV_HASH = "0" * 64
+ACROSS_RUNS_PREFIX = "across-runs:"
+"""A ``run_id`` starting with this marks a ledger that accounts for one data owner across every
+run its data takes part in (a client's own user-level budget), not for one run."""
 UNITS = ("record", "user")
 
 _GENESIS_KEYS = frozenset(

@@ -19,10 +19,10 @@ from fedvpa_secure.config import ExperimentConfig
 from fedvpa_secure.data.types import ClientData
 from fedvpa_secure.errors import ConfigError
 from fedvpa_secure.model.backbone import pick_device
-from fedvpa_secure.train.aggregation import Update
+from fedvpa_secure.train.aggregation import Update, client_update
 from fedvpa_secure.train.experiment import build_model
 from fedvpa_secure.train.features import prepare_clients
-from fedvpa_secure.train.federation import client_round
+from fedvpa_secure.train.federation import client_prior_statistics, client_round
 from fedvpa_secure.train.local import ClientState
 
 
@@ -77,14 +77,16 @@ class ClientLearner:
         self.dp = getattr(cfg, "dp", None)
         self.accountant = None
         self.noise_multiplier: float | None = None
+        self._spec: dict[str, tuple[tuple[int, ...], str]] | None = None
 
     @property
     def uses_dp(self) -> bool:
         return self.dp is not None
 
-    def open_dp(self, state_dir: Path, run_id: str) -> None:
+    def open_dp(self, state_dir: Path, run_id: str, min_noise_multiplier: float = 0.0) -> None:
         """Record-level DP-SGD (the learner's ``dp_round``): open this client's ledger and
-        calibrate its noise for the whole run before any data is touched."""
+        calibrate its noise for the whole run before any data is touched; the noise multiplier
+        never goes below the client's own ``min_noise_multiplier``."""
         if self.dp is None:
             return
         from fedvpa_secure.train import dp_round
@@ -93,13 +95,29 @@ class ClientLearner:
         self.accountant = dp_round.open_client_accountant(
             state_dir, run_id, self.client_id, self.dp
         )
-        self.noise_multiplier = dp_round.calibrate_client_noise(
+        calibrated = dp_round.calibrate_client_noise(
             self.dp,
             sample_rate([self.tensors], self.cfg),
             self.cfg.train.local_steps,
             self.cfg.train.rounds,
             bool(self.model.spec.mixture_prior),
         )
+        self.noise_multiplier = max(calibrated, float(min_noise_multiplier))
+
+    def update_spec(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        """name -> (shape, dtype) of this client's update, derived as the server derives it
+        (the learner's own ``client_update``), so the noise check knows the dimension before
+        a round trains."""
+        if self._spec is None:
+            rng = np.random.default_rng(0)
+            stats = client_prior_statistics(self.model, self.tensors, self.cfg, rng, self.device)
+            trainable = {k: v.detach().clone() for k, v in self.model.trainable_state().items()}
+            update = client_update(trainable, self.model, 1.0, stats)
+            self._spec = {
+                k: (tuple(np.shape(v)), np.asarray(v).dtype.newbyteorder("<").str)
+                for k, v in update.items()
+            }
+        return dict(self._spec)
 
     def state_spec(self) -> dict[str, tuple[tuple[int, ...], str]]:
         return {
@@ -133,7 +151,7 @@ class ClientLearner:
                 rng,
                 self.device,
                 self.accountant,
-                round_index + 1,
+                len(self.accountant.ledger.entries) + 1,  # this client's count, not the server's
                 self.noise_multiplier,
             )
             return update

@@ -1,8 +1,8 @@
-"""``client.toml`` -> frozen settings.
+"""``client.toml`` -> frozen settings, including the client's own privacy policy.
 
 Example::
 
-    state_dir = "state/c000"        # contributions log and local privacy ledger
+    state_dir = "state/c000"        # contributions log and the client's privacy ledgers
     registry = "certs/registry.json"
     device = "auto"                 # auto: cuda when present
     [tls]
@@ -10,17 +10,34 @@ Example::
     key = "certs/clients/c000/client.key"
     ca = "certs/clients/c000/ca.pem"
     identity = "certs/clients/c000/identity.key"
-    [dp]                            # this client's record-level budget
-    epsilon_max = 8.0
-    delta = 1e-5
+    [policy]                        # what this client accepts; see fedvpa_secure/client/policy.py
+    user_epsilon = 8.0              # user-level budget towards the server
+    record_epsilon = 8.0            # record-level (DP-SGD) budget
+
+Every key is checked: an unknown key (a typo) is an error naming it, never silently ignored.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from fedvpa_secure.client.policy import PrivacyPolicy
+from fedvpa_secure.errors import ConfigError
 from fedvpa_secure.toml_config import read_toml
+
+ROOT_KEYS = (
+    "state_dir",
+    "registry",
+    "device",
+    "cache_dir",
+    "poll_wait_s",
+    "reconnect_s",
+    "tls",
+    "policy",
+)
+TLS_KEYS = ("cert", "key", "ca", "identity")
 
 
 @dataclass(frozen=True)
@@ -32,20 +49,29 @@ class ClientSettings:
     registry: Path
     state_dir: Path
     device: str = "auto"
-    epsilon_max: float = 8.0
-    delta: float = 1e-5
-    accountant: str = "rdp"
     cache_dir: str | None = None
     poll_wait_s: float = 1.0
     reconnect_s: float = 120.0
+    policy: PrivacyPolicy = field(default_factory=PrivacyPolicy)
+
+
+def _check_keys(table: dict[str, Any], known: tuple[str, ...], where: str) -> None:
+    unknown = sorted(set(table) - set(known))
+    if not unknown:
+        return
+    hint = ""
+    if "dp" in unknown and where == "client config":
+        hint = " ([dp] moved into [policy]: record_epsilon, record_delta)"
+    raise ConfigError(f"{where} has unknown key(s) {unknown}{hint}; known keys: {list(known)}")
 
 
 def load_client_settings(path: str | Path) -> ClientSettings:
     """Read ``client.toml`` (relative paths are relative to the file)."""
     raw, rel = read_toml(path, "client config")
-
+    _check_keys(raw, ROOT_KEYS, "client config")
     tls = raw.get("tls", {})
-    dp = raw.get("dp", {})
+    _check_keys(tls, TLS_KEYS, "client config [tls]")
+    defaults = ClientSettings(*(Path(".") for _ in range(6)))
     return ClientSettings(
         cert=rel(tls.get("cert"), "tls.cert"),
         key=rel(tls.get("key"), "tls.key"),
@@ -53,11 +79,9 @@ def load_client_settings(path: str | Path) -> ClientSettings:
         identity=rel(tls.get("identity"), "tls.identity"),
         registry=rel(raw.get("registry"), "registry"),
         state_dir=rel(raw.get("state_dir", "client-state"), "state_dir"),
-        device=str(raw.get("device", "auto")),
-        epsilon_max=float(dp.get("epsilon_max", 8.0)),
-        delta=float(dp.get("delta", 1e-5)),
-        accountant=str(dp.get("accountant", "rdp")),
+        device=str(raw.get("device", defaults.device)),
         cache_dir=raw.get("cache_dir"),
-        poll_wait_s=float(raw.get("poll_wait_s", 1.0)),
-        reconnect_s=float(raw.get("reconnect_s", 120.0)),
+        poll_wait_s=float(raw.get("poll_wait_s", defaults.poll_wait_s)),
+        reconnect_s=float(raw.get("reconnect_s", defaults.reconnect_s)),
+        policy=PrivacyPolicy.from_table(raw.get("policy", {})),
     )

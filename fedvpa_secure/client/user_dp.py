@@ -16,16 +16,17 @@ import math
 from fedvpa_secure.errors import AbortRound
 from fedvpa_secure.proto import federation_pb2 as pb
 from fedvpa_secure.secagg import Layout
-from fedvpa_secure.train.aggregation import Update
+from fedvpa_secure.train.aggregation import MAX_CLIENT_WEIGHT, Update
 from fedvpa_secure.train.dp_config import NOISE_KINDS
 from fedvpa_secure.train.secure_aggregation import NoisyLayout, privatize_update
 
 
 def check_share(share: pb.UserDpShare, round_id: str) -> None:
-    """Refuse noise parameters no honest server sends (the round is aborted for this client).
+    """Refuse malformed noise parameters before any data is touched (the client sits it out).
 
-    A server that wants less noise could send a smaller sigma; what this catches is a missing or
-    non-finite value that would silently release an un-noised update.
+    Whether a well-formed share is noisy enough is the policy's question
+    (:func:`fedvpa_secure.client.policy.check_user_dp`); this catches a missing or non-finite
+    value that would silently release an un-noised update.
     """
     problems = []
     if not (math.isfinite(share.clip_norm) and share.clip_norm > 0):
@@ -40,6 +41,15 @@ def check_share(share: pb.UserDpShare, round_id: str) -> None:
         raise AbortRound(
             f"round {round_id}: the server's user-level DP parameters are invalid: "
             + "; ".join(problems)
+        )
+
+
+def check_weight(weight: float) -> None:
+    """A weight outside [0, MAX_CLIENT_WEIGHT] is never masked or sent (the server cannot see
+    inside the mask, so the client is where an honest weight is enforced)."""
+    if not (math.isfinite(weight) and 0.0 <= weight <= MAX_CLIENT_WEIGHT):
+        raise AbortRound(
+            f"this client's update weight {weight!r} is outside [0, {MAX_CLIENT_WEIGHT}]; not sent"
         )
 
 

@@ -154,6 +154,21 @@ def _ledger_table(audit: LedgerAudit, g: Genesis) -> Any:
     return table
 
 
+def _against(g: Genesis | None) -> str:
+    """Whom the ledger's epsilon is a guarantee against.
+
+    A client's user-level ledger composes its own rounds without amplification, so it holds
+    against the server that saw it take part; the server's ledger records the same rounds (no
+    amplification is claimed while the server picks the participants), which also bounds what
+    users of the released model learn.
+    """
+    if g is None:
+        return "?"
+    if g.unit == "user":
+        return "the server and model users" if g.actor == "server" else "the server"
+    return "the server and model users"
+
+
 def _print_report(report: AuditReport) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -163,7 +178,8 @@ def _print_report(report: AuditReport) -> None:
         if audit.genesis is not None:
             console.print(_ledger_table(audit, audit.genesis))
     summary = Table(title=f"privacy ledgers under {report.root}", title_justify="left")
-    for name in ("ledger", "actor", "unit", "entries", "epsilon", "budget", "delta", "status"):
+    columns = ("ledger", "actor", "unit", "against", "entries", "epsilon", "budget", "delta")
+    for name in (*columns, "status"):
         summary.add_column(name)
     for audit in report.ledgers:
         g = audit.genesis
@@ -171,6 +187,7 @@ def _print_report(report: AuditReport) -> None:
             str(audit.path),
             g.actor if g else "?",
             g.unit if g else "?",
+            _against(g),
             str(len(audit.rows)),
             _fmt(audit.epsilon),
             _fmt(g.epsilon_max if g else None),

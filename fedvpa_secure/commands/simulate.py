@@ -20,6 +20,9 @@ from pathlib import Path
 from fedvpa_secure.config import HEADS, POSTERIORS, PROTOCOLS
 from fedvpa_secure.errors import ConfigError, FedVPAError
 
+DEFAULT_USER_EPSILON = 8.0
+"""simulate's user-level target; the clients' default policy accepts it (their own budget)."""
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -29,7 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "show progress, and leave RUN/ with report.json, ledgers, checkpoints and plots.",
     )
     p.add_argument("--out", required=True, help="run folder")
-    p.add_argument("--clients", type=int, default=4)
+    p.add_argument(
+        "--clients", type=int, default=5, help="client processes (the default policy needs >= 5)"
+    )
     p.add_argument("--clients-per-round", type=int, default=0, help="0: every client")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--protocol", choices=PROTOCOLS, default="synthetic")
@@ -71,9 +76,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--user-dp-epsilon",
         type=float,
-        default=0.0,
-        help="user-level target epsilon over the run (0: off); each client clips its whole "
-        "update and adds an integer noise share before masking",
+        default=None,
+        help=f"user-level target epsilon over the run, towards the server (default "
+        f"{DEFAULT_USER_EPSILON:g}, 0 with --plain; 0: off, which the "
+        "clients' policy then has to allow); each client clips its whole update and adds an "
+        "integer noise share before masking",
     )
     g.add_argument("--user-dp-clip", type=float, default=1.0, help="whole-update clip norm S")
     g.add_argument(
@@ -82,8 +89,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--user-dp-min-survivors",
         type=int,
-        default=3,
-        help="t_min the noise is calibrated to; a round with fewer survivors aborts",
+        default=None,
+        help="t_min the noise is calibrated to; a round with fewer survivors aborts (default: "
+        "the clients' policy floor, 4, or the clients per round when fewer)",
     )
     p.add_argument("--stage-deadline", type=float, default=30.0)
     p.add_argument("--timeout", type=float, default=3600.0, help="give up after this many seconds")
@@ -125,7 +133,7 @@ def prepare_run(args: argparse.Namespace) -> tuple[Path, list[str], dict[str, Pa
     from fedvpa_secure.commands.certs import client_ids
     from fedvpa_secure.server.learner import load_run_data
     from fedvpa_secure.server.settings import experiment_from_dict
-    from fedvpa_secure.transport.pki import client_files, make_federation
+    from fedvpa_secure.transport.pki import client_files, make_loopback_federation
 
     out = Path(args.out).resolve()
     if (out / "checkpoints" / "state.json").exists():
@@ -133,8 +141,9 @@ def prepare_run(args: argparse.Namespace) -> tuple[Path, list[str], dict[str, Pa
     if args.clients < 3:
         raise ConfigError(f"--clients={args.clients} is invalid: secure aggregation needs >= 3")
     ids = client_ids(args.clients)
-    certs = out / "certs"
-    make_federation(certs, ids)
+    certs = out / "certs"  # the operator's (CA, server) folder: no client private key
+    keys = {cid: out / "clients" / cid / "keys" for cid in ids}  # each client's own
+    make_loopback_federation(certs, keys)
     per_round = args.clients_per_round or args.clients
     experiment = {
         "method": args.method,
@@ -197,9 +206,17 @@ def prepare_run(args: argparse.Namespace) -> tuple[Path, list[str], dict[str, Pa
         if section in experiment:
             tables[f"experiment.{section}"] = experiment[section]  # type: ignore[assignment]
     server_toml = write_toml(out / "server.toml", tables)
+    policy = demo_policy(args, per_round)
+    if policy:
+        print(f"simulate: the clients' privacy policy is relaxed for this run: {policy}")
+    from fedvpa_secure.client.policy import PrivacyPolicy
+
+    print("each client's privacy policy (it logs it at start-up and declines tasks asking less):")
+    for line in PrivacyPolicy.from_table(policy).describe():
+        print(f"  {line}")
     client_tomls = {}
     for cid in ids:
-        f = client_files(certs, cid)
+        f = client_files(keys[cid])
         client_tomls[cid] = write_toml(
             out / "clients" / cid / "client.toml",
             {
@@ -214,9 +231,28 @@ def prepare_run(args: argparse.Namespace) -> tuple[Path, list[str], dict[str, Pa
                     "ca": str(f.ca),
                     "identity": str(f.identity),
                 },
+                **({"policy": policy} if policy else {}),
             },
         )
     return server_toml, ids, {**client_tomls, **{f"data:{k}": v for k, v in shards.items()}}
+
+
+def user_dp_epsilon(args: argparse.Namespace) -> float:
+    """The user-level target: the flag, else the default (0 for a ``--plain`` baseline)."""
+    given = getattr(args, "user_dp_epsilon", None)
+    if given is None:
+        return 0.0 if args.plain else DEFAULT_USER_EPSILON
+    return float(given)
+
+
+def user_dp_min_survivors(args: argparse.Namespace, per_round: int) -> int:
+    """t_min: the flag, else the clients' policy floor (at most the clients per round)."""
+    from fedvpa_secure.client.policy import PrivacyPolicy
+
+    given = getattr(args, "user_dp_min_survivors", None)
+    if given is not None:
+        return int(given)
+    return max(3, min(PrivacyPolicy().user_min_survivors, per_round))
 
 
 def _user_dp_table(args: argparse.Namespace, per_round: int) -> dict[str, object]:
@@ -224,12 +260,12 @@ def _user_dp_table(args: argparse.Namespace, per_round: int) -> dict[str, object
 
     ``getattr`` defaults keep namespaces built by hand (tests) without the new flags working.
     """
-    epsilon = float(getattr(args, "user_dp_epsilon", 0.0) or 0.0)
+    epsilon = user_dp_epsilon(args)
     if not epsilon:
         return {}
     if args.plain:
         raise ConfigError("--user-dp-epsilon needs secure aggregation: drop --plain")
-    t_min = int(getattr(args, "user_dp_min_survivors", 3))
+    t_min = user_dp_min_survivors(args, per_round)
     if t_min > per_round:
         raise ConfigError(
             f"--user-dp-min-survivors={t_min} is invalid: expected <= clients per round "
@@ -243,6 +279,47 @@ def _user_dp_table(args: argparse.Namespace, per_round: int) -> dict[str, object
         "noise": str(getattr(args, "user_dp_noise", "discrete_gaussian")),
         "min_survivors": t_min,
     }
+
+
+def demo_policy(args: argparse.Namespace, per_round: int) -> dict[str, object]:
+    """The ``[policy]`` keys that this run's flags relax below the clients' safe defaults.
+
+    ``simulate`` plays every party on one machine, so what the operator asks of the server is
+    what the clients are told to accept; with the default flags the table is empty and every
+    client runs its default policy. ``getattr``: namespaces built by hand (tests).
+    """
+    from fedvpa_secure.client.policy import PrivacyPolicy
+
+    safe = PrivacyPolicy()
+    relaxed: dict[str, object] = {}
+    if args.plain:
+        relaxed["allow_plain"] = True
+    if per_round < safe.min_clients:
+        relaxed["min_clients"] = per_round
+    threshold = max((2 * per_round) // 3 + 1, 3)
+    if threshold < safe.min_threshold:
+        relaxed["min_threshold"] = threshold
+    user_epsilon = user_dp_epsilon(args)
+    if not user_epsilon:
+        relaxed["require_user_dp"] = False
+    else:
+        if user_epsilon > safe.user_epsilon:
+            relaxed["user_epsilon"] = user_epsilon
+        clip = float(getattr(args, "user_dp_clip", safe.user_max_clip))
+        if clip > safe.user_max_clip:
+            relaxed["user_max_clip"] = clip
+        t_min = user_dp_min_survivors(args, per_round)
+        if t_min < safe.user_min_survivors:
+            relaxed["user_min_survivors"] = t_min
+        if args.rounds < safe.user_min_rounds:  # the plan spends the budget in fewer rounds
+            relaxed["user_min_rounds"] = args.rounds
+    if args.dp_epsilon > safe.record_epsilon:
+        relaxed["record_epsilon"] = args.dp_epsilon
+    if args.dp_delta > safe.record_delta:
+        relaxed["record_delta"] = args.dp_delta
+    if user_epsilon and args.dp_delta > safe.user_delta:
+        relaxed["user_delta"] = args.dp_delta
+    return relaxed
 
 
 def _cli() -> list[str]:

@@ -215,9 +215,11 @@ class UploadHeader(_message.Message):
         BODY_UNSPECIFIED: _ClassVar[UploadHeader.Body]
         SECAGG: _ClassVar[UploadHeader.Body]
         PLAIN: _ClassVar[UploadHeader.Body]
+        DECLINE: _ClassVar[UploadHeader.Body]
     BODY_UNSPECIFIED: UploadHeader.Body
     SECAGG: UploadHeader.Body
     PLAIN: UploadHeader.Body
+    DECLINE: UploadHeader.Body
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]

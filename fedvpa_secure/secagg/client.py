@@ -11,9 +11,13 @@ it cannot account for, and never answers a stage twice.
 The client-side abort checks are those of the hardened protocol (Bonawitz et al. 2017, Sec. 6 and
 Fig. 4; Google's federated-compute SecAgg client), on by default:
 
-* round 1: every advertised key is signed for this round by a registered identity (no substituted
-  or replayed keys), all keys are distinct and valid, the client's own keys are unchanged, U1 has at
-  least t members, and its neighbourhood - recomputed from the public seed - has >= t-1 members;
+* graph seed: every advertised key and graph-nonce commitment is signed for this round by a
+  registered identity (no substituted or replayed keys), all keys are distinct, the client's own
+  keys and commitment are unchanged, U1 has at least t members and a neighbourhood of the configured
+  degree reaches t-1; only then does it sign the directory and reveal its nonce;
+* round 1: *every* member of U1 revealed a nonce matching its commitment and signed the same
+  directory (else the server could drop or swap a nonce and re-roll the graph); only then does it
+  derive the seed and recompute its neighbourhood, whose keys must be valid;
 * round 2: envelopes come only from its neighbours and are for this session (else abort); an
   envelope that fails authentication is refused and its sender reported, not used;
 * round 3: the survivor list is canonical, contains the client and >= t members, and lists no
@@ -44,10 +48,12 @@ from fedvpa_secure.secagg.messages import (
     AdvertiseRequest,
     ConsistencyRequest,
     ConsistencySignature,
+    GraphReveal,
     KeyDirectory,
     MaskedInput,
     MaskedInputRequest,
     Message,
+    RevealDirectory,
     ShareKeys,
     Stage,
     UnmaskRequest,
@@ -65,6 +71,7 @@ class ClientStage(enum.Enum):
 
     READY = "ready"
     ADVERTISED = "advertised"
+    REVEALED = "revealed"
     SHARED = "shared"
     MASKED = "masked"
     SIGNED = "signed"
@@ -74,7 +81,8 @@ class ClientStage(enum.Enum):
 
 CLIENT_TRANSITIONS: Mapping[ClientStage, frozenset[ClientStage]] = {
     ClientStage.READY: frozenset({ClientStage.ADVERTISED, ClientStage.ABORTED}),
-    ClientStage.ADVERTISED: frozenset({ClientStage.SHARED, ClientStage.ABORTED}),
+    ClientStage.ADVERTISED: frozenset({ClientStage.REVEALED, ClientStage.ABORTED}),
+    ClientStage.REVEALED: frozenset({ClientStage.SHARED, ClientStage.ABORTED}),
     ClientStage.SHARED: frozenset({ClientStage.MASKED, ClientStage.ABORTED}),
     ClientStage.MASKED: frozenset({ClientStage.SIGNED, ClientStage.DONE, ClientStage.ABORTED}),
     ClientStage.SIGNED: frozenset({ClientStage.DONE, ClientStage.ABORTED}),
@@ -149,7 +157,10 @@ class ClientSession:
         self.contributed_version: str | None = None
         self._input: np.ndarray | None = None
         self._keys: keys.RoundKeys | None = None
-        self._directory: dict[str, tuple[bytes, bytes, bytes]] = {}
+        self._nonce: bytes | None = None
+        self._commitment = b""
+        self._directory: dict[str, tuple[bytes, bytes, bytes, bytes]] = {}
+        self._directory_payload = b""
         self._session_id = b""
         self._neighbours: frozenset[str] = frozenset()
         self._points: dict[str, int] = {}
@@ -168,7 +179,7 @@ class ClientSession:
 
     @property
     def session_id(self) -> bytes:
-        """The session id (empty before round 1)."""
+        """The session id (empty before the key directory arrives)."""
         return self._session_id
 
     @property
@@ -235,6 +246,7 @@ class ClientSession:
         return {
             ClientStage.READY: AdvertiseRequest,
             ClientStage.ADVERTISED: KeyDirectory,
+            ClientStage.REVEALED: RevealDirectory,
             ClientStage.SHARED: MaskedInputRequest,
             ClientStage.MASKED: ConsistencyRequest if self.config.hardened else UnmaskRequest,
             ClientStage.SIGNED: UnmaskRequest,
@@ -245,6 +257,8 @@ class ClientSession:
             return self._on_advertise(message)
         if isinstance(message, KeyDirectory):
             return self._on_directory(message)
+        if isinstance(message, RevealDirectory):
+            return self._on_reveals(message)
         if isinstance(message, MaskedInputRequest):
             return self._on_masked_input(message)
         if isinstance(message, ConsistencyRequest):
@@ -261,6 +275,7 @@ class ClientSession:
     def _wipe(self) -> None:
         self._input = None
         self._keys = None
+        self._nonce = None
         self._seed = None
         self._own_shares = None
         self._held = {}
@@ -287,6 +302,8 @@ class ClientSession:
         if m.config_digest != self._config_digest or m.layout_digest != self.layout.digest:
             raise self._fail("the server's config or layout hash differs from mine")
         self._keys = keys.generate_round_keys(self._rng)
+        self._nonce = self._rng(graph.NONCE_BYTES)
+        self._commitment = graph.nonce_commitment(self.round_id, self.client_id, self._nonce)
         payload = keys.advertisement_payload(
             self.round_id,
             self.client_id,
@@ -294,21 +311,23 @@ class ClientSession:
             self.layout.digest,
             self._keys.cipher_public,
             self._keys.mask_public,
+            self._commitment,
         )
         reply = self._reply(
             AdvertiseKeys,
             cipher_public=self._keys.cipher_public,
             mask_public=self._keys.mask_public,
+            nonce_commitment=self._commitment,
             signature=keys.sign(self._identity, payload),
         )
         self._transition(ClientStage.ADVERTISED)
         return reply
 
-    # -- round 1 ---------------------------------------------------------------------------------
+    # -- graph seed ------------------------------------------------------------------------------
 
     def _on_directory(self, m: KeyDirectory) -> Message:
-        own_keys = self._keys
-        if own_keys is None:  # pragma: no cover - guarded by the stage
+        own_keys, nonce = self._keys, self._nonce
+        if own_keys is None or nonce is None:  # pragma: no cover - guarded by the stage
             raise ProtocolError("no round keys")
         members = sorted(m.keys)
         t = self.config.threshold
@@ -319,9 +338,11 @@ class ClientSession:
             )
         if self.client_id not in m.keys:
             raise self._fail("the key list leaves me out")
-        cpk, mpk, _ = m.keys[self.client_id]
+        cpk, mpk, commitment, _ = m.keys[self.client_id]
         if (cpk, mpk) != (own_keys.cipher_public, own_keys.mask_public):
             raise self._fail("the key list substitutes my own keys")
+        if commitment != self._commitment:
+            raise self._fail("the key list substitutes my own graph-nonce commitment")
         unknown = [u for u in members if u not in self._registry]
         if unknown:
             raise self._fail(f"the key list names unregistered clients {unknown[:5]}")
@@ -330,26 +351,23 @@ class ClientSession:
         all_keys = [k for u in members for k in m.keys[u][:2]]
         if len(set(all_keys)) != len(all_keys):
             raise self._fail("the key list repeats a public key")
-        neighbours = graph.neighbours_of(self.client_id, members, self.config.degree, self.round_id)
         t_share = self.config.share_threshold()
-        if len(neighbours) < t_share - 1:
-            raise self._fail(f"{len(neighbours)} neighbours cannot reach threshold {t_share}")
+        degree = graph.neighbour_count(len(members), self.config.degree)
+        if degree < t_share - 1:
+            raise self._fail(f"{degree} neighbours cannot reach threshold {t_share}")
         # cryptography from here on
         digest, layout_digest = self._config_digest, self.layout.digest
         for u in members:
-            c, s, sig = m.keys[u]
-            payload = keys.advertisement_payload(self.round_id, u, digest, layout_digest, c, s)
+            c, s, commit, sig = m.keys[u]
+            payload = keys.advertisement_payload(
+                self.round_id, u, digest, layout_digest, c, s, commit
+            )
             if not keys.verify(self._registry[u], sig, payload):
                 raise self._fail(
                     f"the keys of client {u!r} are not signed by it for this round "
-                    "(substituted or replayed keys)"
+                    "(substituted or replayed keys or graph-nonce commitment)"
                 )
-            if u in neighbours and not (
-                keys.is_valid_public_key(c) and keys.is_valid_public_key(s)
-            ):
-                raise self._fail(f"client {u!r} advertised an all-zero or small-order key")
         self._directory = dict(m.keys)
-        self._neighbours = neighbours
         self._points = {u: i + 1 for i, u in enumerate(members)}
         self._session_id = kdf.session_id(
             version=messages.PROTOCOL_VERSION,
@@ -358,7 +376,64 @@ class ClientSession:
             layout_digest=layout_digest,
             keys={u: (m.keys[u][0], m.keys[u][1]) for u in members},
         )
+        self._directory_payload = keys.directory_payload(
+            self._session_id, {u: m.keys[u][2] for u in members}
+        )
+        reply = self._reply(
+            GraphReveal,
+            nonce=nonce,
+            signature=keys.sign(self._identity, self._directory_payload),
+        )
+        self._transition(ClientStage.REVEALED)
+        return reply
+
+    # -- round 1 ---------------------------------------------------------------------------------
+
+    def _agree_on_graph(self, m: RevealDirectory) -> frozenset[str]:
+        """Check every member's reveal and signature, then recompute this client's neighbours.
+
+        Every member, not a threshold of them: a server allowed to leave one reveal out could
+        choose, after seeing the nonces, among the seeds of every U1 it may still claim.
+        """
+        members = sorted(self._directory)
+        missing = sorted(set(members) - set(m.reveals))
+        if missing:
+            raise self._fail(
+                f"the server withholds the graph nonces of {missing[:5]}; every member of U1 "
+                "must reveal before the graph is fixed"
+            )
+        strangers = sorted(set(m.reveals) - set(members))
+        if strangers:
+            raise self._fail(f"graph nonces from clients outside U1 {strangers[:5]}")
+        if m.reveals[self.client_id][0] != self._nonce:
+            raise self._fail("the reveal list substitutes my own graph nonce")
+        # cryptography from here on
+        for u in members:
+            nonce, signature = m.reveals[u]
+            if graph.nonce_commitment(self.round_id, u, nonce) != self._directory[u][2]:
+                raise self._fail(f"the graph nonce of {u!r} does not match its commitment")
+            if not keys.verify(self._registry[u], signature, self._directory_payload):
+                raise self._fail(
+                    f"client {u!r} did not sign the key directory I signed (the server shows "
+                    "clients different U1s or commitments)"
+                )
+        seed = graph.graph_seed(self.round_id, {u: m.reveals[u][0] for u in members})
+        neighbours = graph.neighbours_of(self.client_id, members, self.config.degree, seed)
+        for u in sorted(neighbours):
+            c, s = self._directory[u][:2]
+            if not (keys.is_valid_public_key(c) and keys.is_valid_public_key(s)):
+                raise self._fail(f"client {u!r} advertised an all-zero or small-order key")
+        return neighbours
+
+    def _on_reveals(self, m: RevealDirectory) -> Message:
+        own_keys = self._keys
+        if own_keys is None:  # pragma: no cover - guarded by the stage
+            raise ProtocolError("no round keys")
+        neighbours = self._agree_on_graph(m)
+        self._neighbours = neighbours
+        self._nonce = None
         session = self._session_id
+        t_share = self.config.share_threshold()
         holders = sorted(neighbours | {self.client_id})
         points = [self._x(h) for h in holders]
         seed = self._rng(shamir.SECRET_BYTES)
@@ -380,7 +455,7 @@ class ClientSession:
             if holder == self.client_id:
                 self._own_shares = (b_bytes, k_bytes)
                 continue
-            secret = keys.agree(own_keys.cipher_private, m.keys[holder][0])
+            secret = keys.agree(own_keys.cipher_private, self._directory[holder][0])
             key = kdf.share_key(secret, session, self.client_id, holder)
             head = envelope.EnvelopeHeader(
                 messages.PROTOCOL_VERSION, int(Stage.SHARE_KEYS), session, self.client_id, holder

@@ -1,30 +1,70 @@
-"""Who masks with whom: the full graph, or a SecAgg+ Harary graph from a public seed.
+"""Who masks with whom: the full graph, or a SecAgg+ Harary graph from a jointly drawn seed.
 
 For large rounds each client masks with, and shares its secrets among, only ``k`` neighbours
 (Bell et al. 2020, "Secure Single-Server Aggregation with (Poly)Logarithmic Overhead"): the graph
 is the Harary graph H(m, k) - position i is joined to positions i +- 1 .. i +- k/2 (mod m) - over a
-random permutation of the members. The permutation is drawn from a *public* seed,
-``SHA-256(label, round id, sorted U1)``, so every client recomputes the whole graph and checks its
-own neighbourhood instead of trusting the server, and the server cannot steer an honest client
-into a neighbourhood of colluders.
+random permutation of the members U1. Every client recomputes the whole graph from the seed and
+checks its own neighbourhood instead of trusting the server.
+
+Why the seed is drawn jointly. A seed computable from public data alone (round id, U1) lets the
+server *grind*: it picks the round id and, by dropping advertisers, U1, so it can try candidates
+offline until the permutation places a target client between colluders, whose pairwise masks and
+shares it then owns. So the seed is a commit-reveal coin toss among the members:
+
+* round 0: each client draws a fresh :data:`NONCE_BYTES`-byte nonce r_i from the OS CSPRNG and
+  advertises :func:`nonce_commitment` ``c_i = SHA-256(label, round id, client id, r_i)`` under
+  the same identity signature as its keys, so the server can neither read r_i (256 unknown bits)
+  nor substitute c_i;
+* graph-seed round: once the server has fixed U1 and every commitment in the key directory, each
+  member signs that directory (:func:`keys.directory_payload`) and reveals r_i;
+* every client checks that *every* member of U1 revealed a nonce matching its commitment and
+  signed the same directory, then derives :func:`graph_seed` from all the nonces.
+
+Any one honest member's nonce makes the seed uniform and unknown to the server until after U1 and
+the round id are fixed; after the reveals the server can only continue or abort the round (an
+honest client signs one directory per round and aborts unless all of U1 revealed, so it can
+neither drop a member nor swap a nonce to re-roll). Grinding thus turns from free offline hashing
+into whole aborted rounds, each visible to every client.
 
 The permutation is a Fisher-Yates shuffle driven by SHAKE-256 of the seed with rejection sampling
-(no modulo bias). The graph is public: SECURITY.md lists it among what the server learns.
+(no modulo bias). The graph is public once fixed: SECURITY.md lists it among what the server
+learns. The full graph (degree ``None``) ignores the seed.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
-from fedvpa_secure.secagg.encoding import lp_str, lp_strs
+from fedvpa_secure.secagg.encoding import lp, lp_str, lp_strs
 
 LABEL_GRAPH = b"fedvpa-secagg/v1/graph"
+LABEL_NONCE_COMMITMENT = b"fedvpa-secagg/v1/graph-nonce-commitment"
+NONCE_BYTES = 32
 
 
-def graph_seed(round_id: str, members: Sequence[str]) -> bytes:
-    """The public seed: SHA-256 of the label, the round id and the sorted member ids."""
-    return hashlib.sha256(LABEL_GRAPH + lp_str(round_id) + lp_strs(sorted(members))).digest()
+def nonce_commitment(round_id: str, client_id: str, nonce: bytes) -> bytes:
+    """``c_i``: SHA-256 of the label, the round id, the client id and its graph nonce.
+
+    Hiding because the nonce is 32 uniformly random bytes; binding because SHA-256 is collision
+    resistant; the round and client ids stop a commitment from being replayed or copied.
+    """
+    return hashlib.sha256(
+        LABEL_NONCE_COMMITMENT + lp_str(round_id) + lp_str(client_id) + lp(nonce)
+    ).digest()
+
+
+def graph_seed(round_id: str, nonces: Mapping[str, bytes]) -> bytes:
+    """The graph seed: SHA-256 of the label, the round id, sorted U1 and every member's nonce.
+
+    Args:
+        round_id: the round id.
+        nonces: every member of U1 -> its revealed graph nonce (U1 is this mapping's keys).
+    """
+    members = sorted(nonces)
+    return hashlib.sha256(
+        LABEL_GRAPH + lp_str(round_id) + lp_strs(members) + b"".join(lp(nonces[u]) for u in members)
+    ).digest()
 
 
 class _Xof:
@@ -61,8 +101,20 @@ def permutation(members: Sequence[str], seed: bytes) -> list[str]:
     return order
 
 
+def _is_full(m: int, degree: int | None) -> bool:
+    return degree is None or degree >= m - 1
+
+
+def neighbour_count(m: int, degree: int | None) -> int:
+    """How many neighbours each of ``m`` members has: the same for all, whatever the seed.
+
+    So the threshold checks can run when U1 is fixed, before any nonce is revealed.
+    """
+    return m - 1 if _is_full(m, degree) else int(degree)  # type: ignore[arg-type]
+
+
 def neighbourhoods(
-    members: Sequence[str], degree: int | None, round_id: str
+    members: Sequence[str], degree: int | None, seed: bytes
 ) -> dict[str, frozenset[str]]:
     """Every member's neighbours (excluding itself).
 
@@ -70,17 +122,17 @@ def neighbourhoods(
         members: the ids in U1.
         degree: the SecAgg+ degree k (even), or ``None`` for the full graph. A degree of at least
             ``len(members) - 1`` also gives the full graph.
-        round_id: the round id (part of the public seed).
+        seed: :func:`graph_seed` of the round (ignored by the full graph).
     """
     ids = sorted(set(members))
     m = len(ids)
-    if degree is None or degree >= m - 1:
+    if _is_full(m, degree):
         everyone = frozenset(ids)
         return {u: everyone - {u} for u in ids}
-    if degree < 2 or degree % 2:
-        raise ValueError("a SecAgg+ degree is an even number >= 2")
-    order = permutation(ids, graph_seed(round_id, ids))
-    half = degree // 2
+    if degree < 2 or degree % 2:  # type: ignore[operator]
+        raise ValueError(f"a SecAgg+ degree is an even number >= 2, not {degree}")
+    order = permutation(ids, seed)
+    half = degree // 2  # type: ignore[operator]
     out: dict[str, frozenset[str]] = {}
     for pos, u in enumerate(order):
         out[u] = frozenset(order[(pos + d) % m] for d in range(-half, half + 1) if d != 0)
@@ -88,12 +140,12 @@ def neighbourhoods(
 
 
 def neighbours_of(
-    member: str, members: Sequence[str], degree: int | None, round_id: str
+    member: str, members: Sequence[str], degree: int | None, seed: bytes
 ) -> frozenset[str]:
     """One member's neighbourhood, as that member recomputes it to check the server."""
     ids = sorted(set(members))
     if member not in ids:
         raise ValueError(f"{member!r} is not a member")
-    if degree is None or degree >= len(ids) - 1:
+    if _is_full(len(ids), degree):
         return frozenset(ids) - {member}
-    return neighbourhoods(ids, degree, round_id)[member]
+    return neighbourhoods(ids, degree, seed)[member]

@@ -4,9 +4,12 @@ Each client draws two fresh X25519 pairs per round (Bonawitz et al. 2017, Fig. 4
 "cipher" pair agrees share-encryption keys, the "mask" pair agrees pairwise mask seeds. They must
 differ because the server later learns a dropped client's *mask* secret key, which must reveal
 nothing about the shares that client exchanged. Keys are advertised with an Ed25519 signature over
-(label, round id, client id, config hash, layout hash, both keys) under the client's registered
-long-term identity: a malicious server can then neither substitute keys (it cannot sign) nor replay
-them from another round (the round id is signed) - the "malicious server" hardening of Sec. 6.
+(label, round id, client id, config hash, layout hash, both keys, graph-nonce commitment) under the
+client's registered long-term identity: a malicious server can then neither substitute keys or the
+commitment (it cannot sign) nor replay them from another round (the round id is signed) - the
+"malicious server" hardening of Sec. 6. Before revealing its graph nonce a client signs the whole
+key directory (:func:`directory_payload`), so every client can check that all of U1 saw the same
+members, keys and commitments (see :mod:`~fedvpa_secure.secagg.graph`).
 
 Public keys are checked before use: all-zero and small-order points would force a known shared
 secret, so :func:`is_valid_public_key` runs a trial exchange (X25519 clamps scalars to multiples of
@@ -15,7 +18,7 @@ secret, so :func:`is_valid_public_key` runs a trial exchange (X25519 clamps scal
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
@@ -24,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from fedvpa_secure.errors import IntegrityError
-from fedvpa_secure.secagg.encoding import lp, lp_str, lp_strs
+from fedvpa_secure.secagg.encoding import lp, lp_str, lp_strs, u32
 from fedvpa_secure.secagg.rng import RandomBytes
 
 PUBLIC_KEY_BYTES = 32
@@ -32,6 +35,7 @@ PRIVATE_KEY_BYTES = 32
 SIGNATURE_BYTES = 64
 LABEL_ADVERTISE = b"fedvpa-secagg/v1/advertise"
 LABEL_CONSISTENCY = b"fedvpa-secagg/v1/consistency"
+LABEL_DIRECTORY = b"fedvpa-secagg/v1/key-directory"
 
 _RAW = serialization.Encoding.Raw
 _probe_key: X25519PrivateKey | None = None
@@ -118,8 +122,9 @@ def advertisement_payload(
     layout_digest: bytes,
     cipher_public: bytes,
     mask_public: bytes,
+    nonce_commitment: bytes,
 ) -> bytes:
-    """The bytes a client signs when it advertises its round keys."""
+    """The bytes a client signs when it advertises its round keys and graph-nonce commitment."""
     return (
         LABEL_ADVERTISE
         + lp_str(round_id)
@@ -128,7 +133,23 @@ def advertisement_payload(
         + lp(layout_digest)
         + lp(cipher_public)
         + lp(mask_public)
+        + lp(nonce_commitment)
     )
+
+
+def directory_payload(session_id: bytes, commitments: Mapping[str, bytes]) -> bytes:
+    """The bytes a client signs before revealing its graph nonce: the key directory it was shown.
+
+    The session id covers the round, config, layout, U1 and every key pair; the commitments are
+    added because they decide the graph seed. A client signs one directory per round, so two
+    clients shown different U1s or commitments can never both collect a full set of signatures.
+
+    Args:
+        session_id: :func:`kdf.session_id` over the directory.
+        commitments: every member of U1 -> its graph-nonce commitment.
+    """
+    body = b"".join(lp_str(u) + lp(commitments[u]) for u in sorted(commitments))
+    return LABEL_DIRECTORY + lp(session_id) + u32(len(commitments)) + body
 
 
 def consistency_payload(session_id: bytes, survivors: Sequence[str]) -> bytes:

@@ -21,9 +21,11 @@ from typing import Any, ClassVar, cast
 
 from fedvpa_secure.errors import ProtocolError
 from fedvpa_secure.secagg import envelope, shamir
+from fedvpa_secure.secagg.graph import NONCE_BYTES
 from fedvpa_secure.secagg.keys import PUBLIC_KEY_BYTES, SIGNATURE_BYTES
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+"""2: the graph seed is a commit-reveal among U1 (the GRAPH_SEED stage), not public data."""
 SERVER_ID = "@server"
 MASKED_DTYPE = "<u4"
 """The only dtype a masked input may declare: little-endian uint32 ring elements."""
@@ -33,13 +35,15 @@ _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 
 
 class Stage(enum.IntEnum):
-    """The protocol stages (Bonawitz et al. 2017, Fig. 4, rounds 0-4)."""
+    """The protocol stages: Bonawitz et al. 2017, Fig. 4, rounds 0-4, with GRAPH_SEED between
+    rounds 0 and 1 (U1 fixes the SecAgg+ graph seed by commit-reveal; see :mod:`.graph`)."""
 
     ADVERTISE_KEYS = 0
-    SHARE_KEYS = 1
-    MASKED_INPUT = 2
-    CONSISTENCY = 3
-    UNMASK = 4
+    GRAPH_SEED = 1
+    SHARE_KEYS = 2
+    MASKED_INPUT = 3
+    CONSISTENCY = 4
+    UNMASK = 5
 
 
 def is_valid_id(value: object) -> bool:
@@ -76,9 +80,20 @@ class AdvertiseRequest(Message):
 
 @dataclass(frozen=True)
 class KeyDirectory(Message):
-    """Stage 1, server -> client: U1 as id -> (cipher pk, mask pk, signature)."""
+    """Stage 1, server -> client: U1 as id -> (cipher pk, mask pk, nonce commitment,
+    advertisement signature); the client signs it and reveals its graph nonce."""
 
-    keys: dict[str, tuple[bytes, bytes, bytes]]
+    keys: dict[str, tuple[bytes, bytes, bytes, bytes]]
+
+    STAGE: ClassVar[Stage] = Stage.GRAPH_SEED
+    FROM_SERVER: ClassVar[bool] = True
+
+
+@dataclass(frozen=True)
+class RevealDirectory(Message):
+    """Stage 2, server -> client: every U1 member's (graph nonce, directory signature)."""
+
+    reveals: dict[str, tuple[bytes, bytes]]
 
     STAGE: ClassVar[Stage] = Stage.SHARE_KEYS
     FROM_SERVER: ClassVar[bool] = True
@@ -86,7 +101,7 @@ class KeyDirectory(Message):
 
 @dataclass(frozen=True)
 class MaskedInputRequest(Message):
-    """Stage 2, server -> client: the envelopes addressed to this client, by sender."""
+    """Stage 3, server -> client: the envelopes addressed to this client, by sender."""
 
     envelopes: dict[str, bytes]
 
@@ -96,7 +111,7 @@ class MaskedInputRequest(Message):
 
 @dataclass(frozen=True)
 class ConsistencyRequest(Message):
-    """Stage 3 (hardened), server -> client: the survivor list U3, sorted, to sign."""
+    """Stage 4 (hardened), server -> client: the survivor list U3, sorted, to sign."""
 
     survivors: tuple[str, ...]
 
@@ -106,7 +121,7 @@ class ConsistencyRequest(Message):
 
 @dataclass(frozen=True)
 class UnmaskRequest(Message):
-    """Stage 4, server -> client: U3, this client's alive and dead neighbours, U4's signatures."""
+    """Stage 5, server -> client: U3, this client's alive and dead neighbours, U4's signatures."""
 
     survivors: tuple[str, ...]
     alive: tuple[str, ...]
@@ -122,10 +137,12 @@ class UnmaskRequest(Message):
 
 @dataclass(frozen=True)
 class AdvertiseKeys(Message):
-    """Stage 0, client -> server: two fresh X25519 public keys and the identity signature."""
+    """Stage 0, client -> server: two fresh X25519 public keys, the commitment to a fresh graph
+    nonce, and the identity signature over all three."""
 
     cipher_public: bytes
     mask_public: bytes
+    nonce_commitment: bytes
     signature: bytes
 
     STAGE: ClassVar[Stage] = Stage.ADVERTISE_KEYS
@@ -133,8 +150,19 @@ class AdvertiseKeys(Message):
 
 
 @dataclass(frozen=True)
+class GraphReveal(Message):
+    """Stage 1, client -> server: the graph nonce and a signature on the key directory."""
+
+    nonce: bytes
+    signature: bytes
+
+    STAGE: ClassVar[Stage] = Stage.GRAPH_SEED
+    FROM_SERVER: ClassVar[bool] = False
+
+
+@dataclass(frozen=True)
 class ShareKeys(Message):
-    """Stage 1, client -> server: one envelope per neighbour and the share/seed commitments."""
+    """Stage 2, client -> server: one envelope per neighbour and the share/seed commitments."""
 
     envelopes: dict[str, bytes]
     share_commitments: dict[str, tuple[bytes, bytes]]  # holder -> (b-share, key-share)
@@ -146,7 +174,7 @@ class ShareKeys(Message):
 
 @dataclass(frozen=True)
 class MaskedInput(Message):
-    """Stage 2, client -> server: the masked vector and the senders whose shares were refused."""
+    """Stage 3, client -> server: the masked vector and the senders whose shares were refused."""
 
     length: int
     dtype: str
@@ -159,7 +187,7 @@ class MaskedInput(Message):
 
 @dataclass(frozen=True)
 class ConsistencySignature(Message):
-    """Stage 3, client -> server: signature over (session id, sorted U3)."""
+    """Stage 4, client -> server: signature over (session id, sorted U3)."""
 
     signature: bytes
 
@@ -169,7 +197,7 @@ class ConsistencySignature(Message):
 
 @dataclass(frozen=True)
 class UnmaskShares(Message):
-    """Stage 4, client -> server: one share per neighbour: b's if alive, the key's if dead."""
+    """Stage 5, client -> server: one share per neighbour: b's if alive, the key's if dead."""
 
     self_mask_shares: dict[str, bytes]
     key_shares: dict[str, bytes]
@@ -181,11 +209,19 @@ class UnmaskShares(Message):
 SERVER_MESSAGES = (
     AdvertiseRequest,
     KeyDirectory,
+    RevealDirectory,
     MaskedInputRequest,
     ConsistencyRequest,
     UnmaskRequest,
 )
-CLIENT_MESSAGES = (AdvertiseKeys, ShareKeys, MaskedInput, ConsistencySignature, UnmaskShares)
+CLIENT_MESSAGES = (
+    AdvertiseKeys,
+    GraphReveal,
+    ShareKeys,
+    MaskedInput,
+    ConsistencySignature,
+    UnmaskShares,
+)
 ALL_MESSAGES = SERVER_MESSAGES + CLIENT_MESSAGES
 
 
@@ -260,7 +296,9 @@ class MessageLimits:
                 AdvertiseRequest: slack,
                 AdvertiseKeys: slack,
                 KeyDirectory: slack
-                + n_clients * (ident + 2 * PUBLIC_KEY_BYTES + SIGNATURE_BYTES + 40),
+                + n_clients * (ident + 2 * PUBLIC_KEY_BYTES + HASH_BYTES + SIGNATURE_BYTES + 40),
+                GraphReveal: slack,
+                RevealDirectory: slack + n_clients * (ident + NONCE_BYTES + SIGNATURE_BYTES + 30),
                 ShareKeys: slack + nbrs * env + (nbrs + 1) * (ident + 2 * HASH_BYTES + 20),
                 MaskedInputRequest: slack + nbrs * env,
                 MaskedInput: slack + int(factor * 4 * vector_length) + nbrs * ident,
@@ -328,8 +366,15 @@ def validate_advertise_request(m: AdvertiseRequest) -> None:
 
 
 def validate_key_directory(m: KeyDirectory) -> None:
-    """Fields of a :class:`KeyDirectory`: id -> (32-byte key, 32-byte key, 64-byte signature)."""
-    _map_of_tuples(m, "keys", m.keys, (PUBLIC_KEY_BYTES, PUBLIC_KEY_BYTES, SIGNATURE_BYTES))
+    """Fields of a :class:`KeyDirectory`: id -> (two 32-byte keys, a 32-byte hash, a signature)."""
+    _map_of_tuples(
+        m, "keys", m.keys, (PUBLIC_KEY_BYTES, PUBLIC_KEY_BYTES, HASH_BYTES, SIGNATURE_BYTES)
+    )
+
+
+def validate_reveal_directory(m: RevealDirectory) -> None:
+    """Fields of a :class:`RevealDirectory`: id -> (32-byte nonce, 64-byte signature)."""
+    _map_of_tuples(m, "reveals", m.reveals, (NONCE_BYTES, SIGNATURE_BYTES))
 
 
 def validate_masked_input_request(m: MaskedInputRequest) -> None:
@@ -351,9 +396,16 @@ def validate_unmask_request(m: UnmaskRequest) -> None:
 
 
 def validate_advertise_keys(m: AdvertiseKeys) -> None:
-    """Fields of an :class:`AdvertiseKeys`: two 32-byte keys and a 64-byte signature."""
+    """Fields of an :class:`AdvertiseKeys`: two 32-byte keys, a 32-byte hash, a signature."""
     _bytes(m, "cipher_public", m.cipher_public, PUBLIC_KEY_BYTES)
     _bytes(m, "mask_public", m.mask_public, PUBLIC_KEY_BYTES)
+    _bytes(m, "nonce_commitment", m.nonce_commitment, HASH_BYTES)
+    _bytes(m, "signature", m.signature, SIGNATURE_BYTES)
+
+
+def validate_graph_reveal(m: GraphReveal) -> None:
+    """Fields of a :class:`GraphReveal`: a 32-byte nonce and a 64-byte signature."""
+    _bytes(m, "nonce", m.nonce, NONCE_BYTES)
     _bytes(m, "signature", m.signature, SIGNATURE_BYTES)
 
 
@@ -388,10 +440,12 @@ def validate_unmask_shares(m: UnmaskShares) -> None:
 FIELD_VALIDATORS: dict[type[Message], Callable[[Any], None]] = {
     AdvertiseRequest: validate_advertise_request,
     KeyDirectory: validate_key_directory,
+    RevealDirectory: validate_reveal_directory,
     MaskedInputRequest: validate_masked_input_request,
     ConsistencyRequest: validate_consistency_request,
     UnmaskRequest: validate_unmask_request,
     AdvertiseKeys: validate_advertise_keys,
+    GraphReveal: validate_graph_reveal,
     ShareKeys: validate_share_keys,
     MaskedInput: validate_masked_input,
     ConsistencySignature: validate_consistency_signature,

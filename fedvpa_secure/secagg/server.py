@@ -10,8 +10,9 @@ answered; that returns the next stage's messages, by client. The server moves th
 stage-specific structure, then (last) cryptographic checks - before it stores anything. An illegal
 message raises :class:`~fedvpa_secure.secagg.errors.ClientRejected` naming the offender; the
 offender is out of the round and the round goes on without it (as if it had dropped). Only too few
-survivors, or a failed integrity check on the rebuilt secrets or the decoded sum, aborts the round:
-:class:`~fedvpa_secure.errors.AbortRound`, with no partial output.
+survivors, a member of U1 missing from the graph-seed stage (the seed needs every member's nonce,
+:mod:`.graph`), or a failed integrity check on the rebuilt secrets or the decoded sum, aborts the
+round: :class:`~fedvpa_secure.errors.AbortRound`, with no partial output.
 
 Memory: masked inputs are kept until the masked-input stage closes (a late complaint can still
 exclude a client whose input has arrived), then summed in place into one uint32 vector.
@@ -41,10 +42,12 @@ from fedvpa_secure.secagg.messages import (
     AdvertiseRequest,
     ConsistencyRequest,
     ConsistencySignature,
+    GraphReveal,
     KeyDirectory,
     MaskedInput,
     MaskedInputRequest,
     Message,
+    RevealDirectory,
     ShareKeys,
     Stage,
     UnmaskRequest,
@@ -58,6 +61,7 @@ class ServerStage(enum.Enum):
 
     NEW = "new"
     COLLECT_KEYS = "collect-keys"
+    COLLECT_REVEALS = "collect-graph-reveals"
     COLLECT_SHARES = "collect-shares"
     COLLECT_MASKED = "collect-masked-inputs"
     COLLECT_SIGNATURES = "collect-signatures"
@@ -68,7 +72,8 @@ class ServerStage(enum.Enum):
 
 SERVER_TRANSITIONS: Mapping[ServerStage, frozenset[ServerStage]] = {
     ServerStage.NEW: frozenset({ServerStage.COLLECT_KEYS, ServerStage.ABORTED}),
-    ServerStage.COLLECT_KEYS: frozenset({ServerStage.COLLECT_SHARES, ServerStage.ABORTED}),
+    ServerStage.COLLECT_KEYS: frozenset({ServerStage.COLLECT_REVEALS, ServerStage.ABORTED}),
+    ServerStage.COLLECT_REVEALS: frozenset({ServerStage.COLLECT_SHARES, ServerStage.ABORTED}),
     ServerStage.COLLECT_SHARES: frozenset({ServerStage.COLLECT_MASKED, ServerStage.ABORTED}),
     ServerStage.COLLECT_MASKED: frozenset(
         {ServerStage.COLLECT_SIGNATURES, ServerStage.COLLECT_UNMASK, ServerStage.ABORTED}
@@ -80,13 +85,15 @@ SERVER_TRANSITIONS: Mapping[ServerStage, frozenset[ServerStage]] = {
 }
 """Legal transitions; COLLECT_MASKED -> COLLECT_UNMASK skips consistency (not hardened)."""
 
-_EXPECTS: Mapping[ServerStage, type[Message]] = {
+EXPECTED_MESSAGE: Mapping[ServerStage, type[Message]] = {
     ServerStage.COLLECT_KEYS: AdvertiseKeys,
+    ServerStage.COLLECT_REVEALS: GraphReveal,
     ServerStage.COLLECT_SHARES: ShareKeys,
     ServerStage.COLLECT_MASKED: MaskedInput,
     ServerStage.COLLECT_SIGNATURES: ConsistencySignature,
     ServerStage.COLLECT_UNMASK: UnmaskShares,
 }
+"""The one client message each collecting stage accepts (the transport admits uploads by it)."""
 
 
 @dataclass(frozen=True)
@@ -181,7 +188,8 @@ class ServerSession:
         self._banned: set[str] = set()
         self._answers: dict[str, Message] = {}
         # round state
-        self._keys: dict[str, tuple[bytes, bytes, bytes]] = {}
+        self._keys: dict[str, tuple[bytes, bytes, bytes, bytes]] = {}
+        self._directory_payload = b""
         self._u1: tuple[str, ...] = ()
         self._nbrs: dict[str, frozenset[str]] = {}
         self._points: dict[str, int] = {}
@@ -208,7 +216,7 @@ class ServerSession:
 
     @property
     def neighbourhoods(self) -> Mapping[str, frozenset[str]]:
-        """The public graph over U1 (empty before the advertise stage closes)."""
+        """The graph over U1 (empty before the graph-seed stage closes)."""
         return self._nbrs
 
     @property
@@ -245,7 +253,7 @@ class ServerSession:
             ClientRejected: the message is illegal; its sender is out of the round.
             ProtocolError: the server is not collecting messages now.
         """
-        expected = _EXPECTS.get(self.stage)
+        expected = EXPECTED_MESSAGE.get(self.stage)
         if expected is None:
             raise ProtocolError(f"round {self.round_id!r} is {self.stage.value}: not collecting")
         claimed = getattr(message, "sender", None)
@@ -264,8 +272,15 @@ class ServerSession:
                 raise ProtocolError("this client is not expected at this stage")
             self._handle(message)  # type: ignore[arg-type]
         except (ProtocolError, IntegrityError) as exc:
-            rejection = ClientRejected(self.round_id, offender, expected.STAGE.name, str(exc))
-            if offender in self._asked and offender not in self._answers:
+            member = offender in self._asked and offender not in self._answers
+            rejection = ClientRejected(
+                self.round_id,
+                offender,
+                expected.STAGE.name,
+                str(exc),
+                fatal=member and expected is GraphReveal,
+            )
+            if member:
                 self._banned.add(offender)
             self.rejections.append(rejection)
             LOGGER.warning("%s", rejection)
@@ -280,11 +295,13 @@ class ServerSession:
         Returns an empty dict when the round has finished; :attr:`result` then holds the sum.
 
         Raises:
-            AbortRound: too few clients remain, or a rebuilt secret or the decoded sum fails its
-                check. The session is ``ABORTED`` and produces no output.
+            AbortRound: too few clients remain, a member of U1 gave no valid graph nonce, or a
+                rebuilt secret or the decoded sum fails its check. The session is ``ABORTED`` and
+                produces no output.
         """
         closers = {
             ServerStage.COLLECT_KEYS: self._close_keys,
+            ServerStage.COLLECT_REVEALS: self._close_reveals,
             ServerStage.COLLECT_SHARES: self._close_shares,
             ServerStage.COLLECT_MASKED: self._close_masked,
             ServerStage.COLLECT_SIGNATURES: self._close_signatures,
@@ -293,7 +310,7 @@ class ServerSession:
         closer = closers.get(self.stage)
         if closer is None:
             raise ProtocolError(f"round {self.round_id!r} is {self.stage.value}: nothing to close")
-        stage_name = _EXPECTS[self.stage].STAGE.name
+        stage_name = EXPECTED_MESSAGE[self.stage].STAGE.name
         self.dropped[stage_name] = tuple(sorted(self._asked - set(self._answers)))
         started = time.perf_counter()
         try:
@@ -343,6 +360,8 @@ class ServerSession:
     def _handle(self, m: Message) -> None:
         if isinstance(m, AdvertiseKeys):
             self._check_keys(m)
+        elif isinstance(m, GraphReveal):
+            self._check_reveal(m)
         elif isinstance(m, ShareKeys):
             self._check_shares(m)
         elif isinstance(m, MaskedInput):
@@ -364,7 +383,13 @@ class ServerSession:
         if not (keys.is_valid_public_key(c) and keys.is_valid_public_key(s)):
             raise ProtocolError("advertises an all-zero or small-order public key")
         payload = keys.advertisement_payload(
-            self.round_id, m.sender, self._config_digest, self.layout.digest, c, s
+            self.round_id,
+            m.sender,
+            self._config_digest,
+            self.layout.digest,
+            c,
+            s,
+            m.nonce_commitment,
         )
         if not keys.verify(self._registry[m.sender], m.signature, payload):
             raise ProtocolError("the key signature does not verify under the registered identity")
@@ -373,12 +398,14 @@ class ServerSession:
         answers: dict[str, AdvertiseKeys] = self._answers  # type: ignore[assignment]
         u1 = tuple(sorted(answers))
         self._need(len(u1), "clients advertised keys")
-        self._keys = {u: (a.cipher_public, a.mask_public, a.signature) for u, a in answers.items()}
+        self._keys = {
+            u: (a.cipher_public, a.mask_public, a.nonce_commitment, a.signature)
+            for u, a in answers.items()
+        }
         self._u1 = u1
         self._points = {u: i + 1 for i, u in enumerate(u1)}
-        self._nbrs = graph.neighbourhoods(u1, self.config.degree, self.round_id)
-        smallest = min(len(n) for n in self._nbrs.values())
-        self._need(smallest + 1, "parties in the smallest neighbourhood", self._t_share)
+        degree = graph.neighbour_count(len(u1), self.config.degree)
+        self._need(degree + 1, "parties in every neighbourhood", self._t_share)
         self._session_id = kdf.session_id(
             version=messages.PROTOCOL_VERSION,
             round_id=self.round_id,
@@ -386,13 +413,46 @@ class ServerSession:
             layout_digest=self.layout.digest,
             keys={u: k[:2] for u, k in self._keys.items()},
         )
+        self._directory_payload = keys.directory_payload(
+            self._session_id, {u: k[2] for u, k in self._keys.items()}
+        )
         directory = self._msg(KeyDirectory, keys=dict(self._keys))
-        self._transition(ServerStage.COLLECT_SHARES)
+        self._transition(ServerStage.COLLECT_REVEALS)
         self._open(u1)
         LOGGER.info("round %s: U1 has %d clients", self.round_id, len(u1))
         return {u: directory for u in u1}
 
-    # -- stage 1: share keys ---------------------------------------------------------------------
+    # -- stage 1: graph seed ---------------------------------------------------------------------
+
+    def _check_reveal(self, m: GraphReveal) -> None:
+        committed = self._keys[m.sender][2]
+        if not matches(committed, graph.nonce_commitment(self.round_id, m.sender, m.nonce)):
+            raise ProtocolError("its graph nonce does not match the commitment it advertised")
+        if not keys.verify(self._registry[m.sender], m.signature, self._directory_payload):
+            raise ProtocolError("the directory signature does not verify on the key directory")
+
+    def _close_reveals(self) -> dict[str, Message]:
+        answers: dict[str, GraphReveal] = self._answers  # type: ignore[assignment]
+        missing = sorted(set(self._u1) - set(answers))
+        if missing:
+            # Honest clients abort without every nonce (else the server could re-roll the graph
+            # by dropping one), so continuing would only waste their work.
+            raise AbortRound(
+                f"round {self.round_id!r} aborted: {len(missing)} members of U1 gave no valid "
+                f"graph nonce ({missing[:5]}); the graph seed needs every member's, so a retry "
+                "needs a fresh round id"
+            )
+        seed = graph.graph_seed(self.round_id, {u: a.nonce for u, a in answers.items()})
+        self._nbrs = graph.neighbourhoods(self._u1, self.config.degree, seed)
+        reveals = self._msg(
+            RevealDirectory, reveals={u: (a.nonce, a.signature) for u, a in answers.items()}
+        )
+        self._transition(ServerStage.COLLECT_SHARES)
+        self._open(self._u1)
+        LOGGER.info("round %s: the graph seed is fixed by %d nonces", self.round_id, len(answers))
+        return {u: reveals for u in self._u1}
+
+    # -- stage 2: share keys ---------------------------------------------------------------------
 
     def _check_shares(self, m: ShareKeys) -> None:
         sender = m.sender
@@ -436,7 +496,7 @@ class ServerSession:
         LOGGER.info("round %s: U2 has %d clients", self.round_id, len(u2))
         return out
 
-    # -- stage 2: masked input --------------------------------------------------------------------
+    # -- stage 3: masked input --------------------------------------------------------------------
 
     def _check_masked(self, m: MaskedInput) -> None:
         size = self.layout.size
@@ -497,7 +557,7 @@ class ServerSession:
         LOGGER.info("round %s: U3 has %d clients", self.round_id, len(u3))
         return out
 
-    # -- stage 3: consistency ---------------------------------------------------------------------
+    # -- stage 4: consistency ---------------------------------------------------------------------
 
     def _check_signature(self, m: ConsistencySignature) -> None:
         payload = keys.consistency_payload(self._session_id, self._u3)
@@ -534,7 +594,7 @@ class ServerSession:
         self._open(asked)
         return out
 
-    # -- stage 4: unmask ------------------------------------------------------------------------
+    # -- stage 5: unmask ------------------------------------------------------------------------
 
     def _check_unmask(self, m: UnmaskShares) -> None:
         holder = m.sender

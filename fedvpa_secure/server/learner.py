@@ -15,9 +15,17 @@ import numpy as np
 import torch
 
 from fedvpa_secure.config import ExperimentConfig
+from fedvpa_secure.errors import AbortRound
 from fedvpa_secure.model.backbone import pick_device
 from fedvpa_secure.model.prior import tau_schedule
-from fedvpa_secure.train.aggregation import ServerOptimizer, Update, client_update, server_step
+from fedvpa_secure.train.aggregation import (
+    MAX_CLIENT_WEIGHT,
+    WEIGHT,
+    ServerOptimizer,
+    Update,
+    client_update,
+    server_step,
+)
 from fedvpa_secure.train.data_setup import load_federated_data
 from fedvpa_secure.train.evaluate import EvalEpisodes, evaluate
 from fedvpa_secure.train.experiment import build_model
@@ -45,6 +53,32 @@ def load_run_data(cfg: ExperimentConfig):
     flag = cfg.data.data_dir or ("synthetic" if cfg.data.protocol == "synthetic" else None)
     fed, _ = load_federated_data(flag, cfg.data.protocol, data_kwargs(cfg), cfg.train.seed)
     return fed
+
+
+def checked_sums(sums: Update, survivors: int, *, dp: bool) -> Update:
+    """The round's sums with a weight no single client can forge, or :class:`AbortRound`.
+
+    Under DP (record or user level) every client's weight is 1 and the mean divides by the
+    number of survivors, which the server knows, instead of by a summed weight in which one
+    client could hide -3.99 and blow the mean up a hundredfold. Without DP the summed weight must
+    lie where honest weights (each in [1, MAX_CLIENT_WEIGHT]) can put it. A non-finite sum is
+    never applied.
+    """
+    bad = [k for k, v in sums.items() if not np.all(np.isfinite(v))]
+    if bad:
+        raise AbortRound(f"the round's sum is not finite in {bad[:3]}; the round is discarded")
+    out = dict(sums)
+    if dp:
+        out[WEIGHT] = np.array([float(survivors)])
+        return out
+    weight = float(np.asarray(sums[WEIGHT]).reshape(-1)[0])
+    if not survivors <= weight <= survivors * MAX_CLIENT_WEIGHT:
+        raise AbortRound(
+            f"the summed client weight {weight:.4g} is outside [{survivors}, "
+            f"{survivors * MAX_CLIENT_WEIGHT:.4g}] for {survivors} survivors: a client sent a "
+            "forged weight; the round is discarded"
+        )
+    return out
 
 
 def state_arrays(model: torch.nn.Module) -> dict[str, np.ndarray]:

@@ -25,9 +25,9 @@ from fedvpa_secure.proto import federation_pb2_grpc as pb_grpc
 from fedvpa_secure.server import privacy_hook
 from fedvpa_secure.server.checkpoint import CheckpointStore
 from fedvpa_secure.server.coordinator import Coordinator, Hooks, RoundOutcome, outcome_dict
-from fedvpa_secure.server.learner import ServerLearner, state_arrays
+from fedvpa_secure.server.learner import ServerLearner, checked_sums, state_arrays
 from fedvpa_secure.server.servicer import FederationServicer
-from fedvpa_secure.server.settings import ServerSettings
+from fedvpa_secure.server.settings import LimitSettings, ServerSettings
 from fedvpa_secure.transport import serde, tls
 from fedvpa_secure.transport.pki import load_registry
 
@@ -97,6 +97,8 @@ class ServerRun:
 
     def _apply(self, round_index: int, sums: dict[str, np.ndarray], outcome: RoundOutcome) -> None:
         # with user-level DP the ledger entry was written before unmasking (coordinator)
+        dp = self.user_dp is not None or self.settings.experiment.dp is not None
+        sums = checked_sums(sums, len(outcome.survivors), dp=dp)
         self.learner.apply(sums, round_index)
         metrics = self.learner.quick_metrics()
         weights = state_arrays(self.learner.model)
@@ -142,7 +144,7 @@ class ServerRun:
             secure=s.rounds.secure,
             max_upload_bytes=s.max_message_bytes,
             health_servicer=self.health,
-            workers=max(16, 2 * s.rounds.clients_per_round + 8),
+            limits=s.limits,
         )
         host = s.address.rsplit(":", 1)[0]
         (self.run_dir / ADDRESS_FILE).write_text(f"{host}:{self.port}\n")
@@ -211,15 +213,25 @@ def start_grpc(
     secure: bool,
     max_upload_bytes: int,
     health_servicer: health.HealthServicer | None = None,
-    workers: int = 16,
+    workers: int | None = None,
+    limits: LimitSettings | None = None,
 ) -> tuple[grpc.Server, int]:
-    """A started gRPC server with the federation and health services, mTLS and size limits."""
+    """A started gRPC server with the federation and health services, mTLS and size limits.
+
+    At most ``limits.total_streams`` calls run at once and the pool has at least as many
+    threads, so a call over the limit is refused at once with RESOURCE_EXHAUSTED instead of
+    waiting in the pool's queue behind calls that may never finish (SECURITY.md, issue 14).
+    ``workers`` only adds threads (benchmarks); it never raises the call limit.
+    """
+    limits = limits or LimitSettings()
+    max_calls = limits.total_streams(len(coordinator.registry))
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=workers),
+        futures.ThreadPoolExecutor(max_workers=max(max_calls, workers or 0)),
         options=[
             ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE),
             ("grpc.max_send_message_length", MAX_GRPC_MESSAGE),
         ],
+        maximum_concurrent_rpcs=max_calls,
     )
     servicer = FederationServicer(
         coordinator,
@@ -227,6 +239,7 @@ def start_grpc(
         run_id=run_id,
         secure=secure,
         max_upload_bytes=max_upload_bytes,
+        limits=limits,
     )
     pb_grpc.add_FederationServicer_to_server(servicer, server)
     health_servicer = health_servicer or health.HealthServicer()

@@ -30,6 +30,10 @@ Example ``server.toml``::
     [quantization]
     delta_clip = 256.0
     prior_clip = 65536.0
+    [limits]                      # what one client may hold of the server (SECURITY.md)
+    stream_deadline_s = 120       # a Submit/FetchModel stream running longer is cut
+    max_streams_per_peer = 4      # concurrent calls of one client certificate
+    max_streams = 0               # concurrent calls in all; 0: per-peer x registered + 8
     [experiment]                  # ExperimentConfig fields (method, model.*, train.*, data.*)
     method = "fedvpa-gp"
 """
@@ -210,6 +214,67 @@ class QuantSettings:
 
 
 @dataclass(frozen=True)
+class LimitSettings:
+    """How much of the server one client, and all clients together, may hold (``[limits]``).
+
+    Every gRPC call holds a server worker thread until it returns, so without these one client
+    could open streams that never finish and starve every other client (SECURITY.md, issue 14).
+    Every gRPC call is an HTTP/2 stream, so the stream counts cover unary calls too.
+
+    Attributes:
+        stream_deadline_s: a Submit or FetchModel stream still running after this many seconds
+            is cut with DEADLINE_EXCEEDED; it must cover the largest honest upload or download
+            on the slowest link a client may have.
+        max_streams_per_peer: concurrent calls of one client certificate; the excess is refused
+            at once with RESOURCE_EXHAUSTED. An honest client makes one call at a time (two
+            while a retry overlaps a call the server has not finished yet).
+        max_streams: concurrent calls in all, which is also the number of worker threads, so no
+            call waits in a queue; the excess is refused at once with RESOURCE_EXHAUSTED.
+            0: ``max_streams_per_peer`` per registered client plus :data:`AUTO_STREAMS_SLACK`,
+            so that clients holding all their slots can never starve another client.
+    """
+
+    stream_deadline_s: float = 120.0
+    max_streams_per_peer: int = 4
+    max_streams: int = 0
+
+    def __post_init__(self) -> None:
+        if not (_finite(self.stream_deadline_s) and self.stream_deadline_s > 0):
+            raise _bad_limit(self, "stream_deadline_s", "a finite number of seconds > 0")
+        if not (_whole(self.max_streams_per_peer) and self.max_streams_per_peer >= 1):
+            raise _bad_limit(self, "max_streams_per_peer", "an integer >= 1")
+        if not (_whole(self.max_streams) and self.max_streams >= 0):
+            raise _bad_limit(self, "max_streams", "an integer >= 0 (0: sized from the registry)")
+        if 0 < self.max_streams < self.max_streams_per_peer:
+            raise _bad_limit(
+                self,
+                "max_streams",
+                f"0 or >= limits.max_streams_per_peer={self.max_streams_per_peer} (one client "
+                "alone could not use its share)",
+            )
+
+    def total_streams(self, registered: int) -> int:
+        """``max_streams``, or its size for ``registered`` clients when it is 0 (auto)."""
+        if self.max_streams:
+            return self.max_streams
+        return self.max_streams_per_peer * registered + AUTO_STREAMS_SLACK
+
+
+AUTO_STREAMS_SLACK = 8
+"""Health checks and operators' tools on top of the clients' share."""
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _bad_limit(limits: LimitSettings, name: str, expected: str) -> ConfigError:
+    return ConfigError(
+        f"limits.{name}={getattr(limits, name)!r} is invalid in server.toml: expected {expected}"
+    )
+
+
+@dataclass(frozen=True)
 class ServerSettings:
     """Everything ``fedvpa-secure server`` needs."""
 
@@ -220,6 +285,7 @@ class ServerSettings:
     rounds: RoundSettings = field(default_factory=RoundSettings)
     dp: DpSettings = field(default_factory=DpSettings)
     quantization: QuantSettings = field(default_factory=QuantSettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
     checkpoint_dir: Path | None = None
     max_message_mb: int = 64
@@ -268,6 +334,7 @@ def load_server_settings(path: str | Path) -> ServerSettings:
         quantization=_dataclass_from_dict(
             QuantSettings, raw.get("quantization", {}), "quantization"
         ),
+        limits=_dataclass_from_dict(LimitSettings, raw.get("limits", {}), "limits"),
         experiment=experiment_from_dict(raw.get("experiment", {})),
         checkpoint_dir=rel(raw["checkpoint_dir"], "checkpoint_dir")
         if "checkpoint_dir" in raw

@@ -25,9 +25,11 @@ independent implementations that the tests hold the default to. Accounting is ou
 per round never resets epsilon.
 
 Data-independent and local terms: the orthogonality penalty depends only on the prototypes, so
-its gradient is added after the noisy step (post-processing). The Gumbel logits alpha are trained
-on the (non-private) batch gradient: they never leave the client and influence released tensors
-only through the next steps' per-sample gradients, which are clipped and noised again.
+its gradient is added after the noisy step (post-processing). The Gumbel logits alpha are NOT
+learnt under DP-SGD: trained on the noise-free batch gradient they would carry every episode's
+data into every later step's prior, so one pair would move all clipped gradients at once and the
+per-episode sensitivity would no longer hold. Each round starts them from the global (public)
+mixture weights ``log_pi`` and keeps them there.
 
 Learning rate (issue 4): one step adds noise of std ``lr * z * C / B`` to every coordinate. With
 few episodes per client (B = 2 on the default synthetic clients) and a large z at low epsilon,
@@ -62,6 +64,7 @@ from fedvpa_secure.train.local import (
     prior_context,
     sample_episodes,
 )
+from fedvpa_secure.train.secret_noise import secret_numpy_rng, secret_torch_generator
 from fedvpa_secure.train.tensors import ClientTensors, make_batch
 
 _FIELDS = tuple(EpisodeBatch.__dataclass_fields__)
@@ -378,6 +381,9 @@ def train_local_dp(
     """
     model.train()
     generator = torch.Generator().manual_seed(int(rng.integers(2**31)))
+    if noise_generator is None:  # DP noise never from the public seed behind ``rng``
+        noise_generator = secret_torch_generator(device)
+    poisson = secret_numpy_rng()
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     optimizer = local_optimizer(model, cfg)
     q = sample_rate(clients, cfg)
@@ -401,7 +407,7 @@ def train_local_dp(
     params = dict(model.named_parameters())
     released = {n: params[n] for n in names}
     step_gradients = _clipped_sums(model, names, opacus_c) if fast else None
-    alpha_opt = None
+    state.alpha = None  # restart from the public log_pi: alpha is not learnt under DP
     result = DPLocalResult(
         sample_rate=q, noise_multiplier=float(noise_multiplier), batch_sizes=[], learning_rates=lrs
     )
@@ -415,14 +421,10 @@ def train_local_dp(
             clients, cfg.train.context_size, cfg.train.query_size, 10**9, rng
         )  # a fresh partition: each pair in exactly one episode
         if q < 1.0:
-            keep = rng.random(len(pool)) < q  # Poisson sampling of episodes
+            keep = poisson.random(len(pool)) < q  # Poisson sampling of episodes, secret
             pool = [item for item, k in zip(pool, keep, strict=True) if k]
-        prior, alpha = prior_context(model, state, tau, generator, cfg.objective.use_mixture)
-        if alpha is not None and alpha_opt is None:
-            alpha_opt = torch.optim.Adam([alpha], lr=cfg.train.learning_rate)
+        prior, _alpha = prior_context(model, state, tau, generator, cfg.objective.use_mixture)
         dp_opt.zero_grad(set_to_none=True)
-        if alpha_opt is not None:
-            alpha_opt.zero_grad(set_to_none=True)
         if step_gradients is not None:
             psg = step_gradients(make_batch(pool).to(device), cfg, prior) if pool else None
             if psg is None:  # an empty Poisson draw still takes a (pure-noise) step
@@ -443,12 +445,6 @@ def train_local_dp(
                 model.prototypes.grad = model.prototypes.grad + ortho
             dp_opt.original_optimizer.step()
             check_finite(released, step, detail)
-        if alpha_opt is not None and psg is not None and psg.log_weights_grad is not None:
-            alpha.grad = None  # local, never released: trained on the batch gradient
-            torch.autograd.backward(
-                prior.log_weights, grad_tensors=psg.log_weights_grad / len(pool)
-            )
-            alpha_opt.step()
         result.steps.append(_log(psg, cfg, model))
     for n in names:
         params[n].grad_sample = None

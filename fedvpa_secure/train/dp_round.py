@@ -29,6 +29,7 @@ from fedvpa_secure.train.dp_local import (
     train_local_dp,
 )
 from fedvpa_secure.train.local import ClientState, sample_episodes
+from fedvpa_secure.train.secret_noise import secret_torch_generator
 from fedvpa_secure.train.tensors import ClientTensors, make_batch
 from privacy import (
     BudgetExceeded,
@@ -158,6 +159,8 @@ def release_prior_statistics(
     stats = {"n": r.sum(0), "v": (r * sq).sum(0), "m1": mu.sum(0), "m2": mu.T @ mu}
     scales = {"n": 1.0, "v": v_clip, "m1": c, "m2": c * c}
     std = 2.0 * dp.prior_noise_multiplier
+    if generator is None:  # never the public seed's generator: the noise must not be replayable
+        generator = secret_torch_generator("cpu")
     out = {}
     for key, value in stats.items():
         noise = torch.randn(value.shape, generator=generator, dtype=torch.float64)
@@ -227,7 +230,9 @@ def dp_client_round(
     accountant.record(
         event, round=round_index, clipping_norm=dp.max_grad_norm, label="dp-sgd+prior"
     )  # before the update leaves the client
-    return client_update(trainable, local_model, client.n_pairs, stats), result
+    # weight 1, not the pair count: the count is data the mechanism does not cover, and the
+    # server divides by the number of survivors, which no client can forge
+    return client_update(trainable, local_model, 1.0, stats), result
 
 
 def privacy_summary(

@@ -10,6 +10,7 @@ spec, so a malformed update is refused for what it is instead of failing deep in
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any
@@ -172,7 +173,7 @@ def bundle_to_arrays(
         shape = tuple(int(s) for s in t.shape)
         if len(shape) > MAX_DIMS or any(s < 0 for s in shape):
             raise ProtocolError(f"tensor {t.name[:64]!r}: invalid shape {shape[: MAX_DIMS + 1]}")
-        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        count = math.prod(shape)  # Python ints: a forged shape cannot overflow to a small count
         if count > max_elements:
             raise ProtocolError(f"tensor {t.name[:64]!r}: {count} elements exceed {max_elements}")
         dtype = np.dtype(t.dtype)

@@ -11,13 +11,19 @@ from typing import Any
 
 import numpy as np
 
+from fedvpa_secure.client.policy import PrivacyPolicy
 from fedvpa_secure.client.runtime import FederatedClient
 from fedvpa_secure.client.settings import ClientSettings
 from fedvpa_secure.config import ExperimentConfig
 from fedvpa_secure.server.coordinator import Coordinator, Hooks
 from fedvpa_secure.server.serve import start_grpc
 from fedvpa_secure.server.settings import QuantSettings, RoundSettings, TlsFiles
-from fedvpa_secure.transport.pki import client_files, load_registry, make_federation
+from fedvpa_secure.transport.pki import (
+    ClientFiles,
+    client_files,
+    load_registry,
+    make_loopback_federation,
+)
 
 # how tests start real server and client processes, and the smallest real learner they train
 CLI = [sys.executable, "-m", "fedvpa_secure.cli"]
@@ -37,6 +43,18 @@ TINY = [
     "avg",
 ]
 
+TOY_POLICY = PrivacyPolicy(
+    allow_plain=True,
+    require_hardened=False,
+    min_clients=3,
+    min_threshold=2,
+    require_user_dp=False,
+    user_min_survivors=3,
+    user_min_rounds=1,
+)
+"""What the toy rounds need: 3 clients, plain and non-hardened rounds. Tests of the policy
+itself pass their own."""
+
 DIM = 8
 SPEC = {
     "delta/w": ((DIM,), "<f4"),
@@ -55,6 +73,9 @@ class ToyLearner:
 
     def state_spec(self) -> dict[str, tuple[tuple[int, ...], str]]:
         return {"w": ((DIM,), "<f4")}
+
+    def update_spec(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        return dict(SPEC)
 
     def train_round(self, global_state: dict, tau: float, model_version: str) -> dict:
         w = global_state["w"]
@@ -87,14 +108,28 @@ class ToyServer:
         )
 
 
+def client_dir(certs: Path, cid: str) -> Path:
+    """A client's own folder: beside the operator's folder ``certs``, never inside it."""
+    return certs.parent / f"{certs.name}-clients" / cid
+
+
+def client_keys(certs: Path, cid: str) -> ClientFiles:
+    """The files ``make_certs`` wrote for ``cid`` (its keys, certificate and CA)."""
+    return client_files(client_dir(certs, cid))
+
+
 def make_certs(root: Path, n: int) -> tuple[Path, list[str]]:
+    """Operator folder ``root`` (CA, server, registry) and n clients c000.. (init/request/sign)."""
     ids = [f"c{i:03d}" for i in range(n)]
-    make_federation(root, ids)
+    make_loopback_federation(root, {cid: client_dir(root, cid) for cid in ids})
     return root, ids
 
 
-def client_settings(certs: Path, cid: str, state: Path) -> ClientSettings:
-    f = client_files(certs, cid)
+def client_settings(
+    certs: Path, cid: str, state: Path, policy: PrivacyPolicy | None = None
+) -> ClientSettings:
+    """A toy client's settings; its policy accepts the small toy rounds unless one is given."""
+    f = client_keys(certs, cid)
     return ClientSettings(
         cert=f.cert,
         key=f.key,
@@ -104,6 +139,7 @@ def client_settings(certs: Path, cid: str, state: Path) -> ClientSettings:
         state_dir=state / cid,
         poll_wait_s=0.5,
         reconnect_s=10.0,
+        policy=TOY_POLICY if policy is None else policy,
     )
 
 

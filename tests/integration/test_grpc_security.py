@@ -21,8 +21,13 @@ from fedvpa_secure.proto import federation_pb2_grpc as pb_grpc
 from fedvpa_secure.secagg.messages import PROTOCOL_VERSION
 from fedvpa_secure.server.settings import RoundSettings
 from fedvpa_secure.transport import tls
-from fedvpa_secure.transport.pki import client_files, make_federation
-from tests.integration.fedkit import ToyServer, make_certs, run_clients, start_toy_server
+from tests.integration.fedkit import (
+    ToyServer,
+    client_keys,
+    make_certs,
+    run_clients,
+    start_toy_server,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -43,7 +48,7 @@ def _rounds(**kw) -> RoundSettings:
 
 
 def _stub(certs: Path, cid: str, port: int) -> pb_grpc.FederationStub:
-    f = client_files(certs, cid)
+    f = client_keys(certs, cid)
     channel = grpc.secure_channel(
         f"127.0.0.1:{port}",
         tls.channel_credentials(f.ca, f.cert, f.key),
@@ -89,8 +94,8 @@ def test_tls_is_required_and_ids_are_bound(tmp_path: Path) -> None:
         assert err.value.code() is grpc.StatusCode.UNAVAILABLE
 
         other = tmp_path / "other"
-        make_federation(other, ["c000"])
-        f = client_files(other, "c000")
+        make_certs(other, 1)
+        f = client_keys(other, "c000")
         rogue_channel = grpc.secure_channel(
             f"127.0.0.1:{port}",
             tls.channel_credentials(certs / "ca.pem", f.cert, f.key),  # trusts our server
@@ -120,7 +125,7 @@ def test_tls_is_required_and_ids_are_bound(tmp_path: Path) -> None:
             == "toy"
         )
 
-        f1 = client_files(certs, "c001")
+        f1 = client_keys(certs, "c001")
         health_channel = grpc.secure_channel(
             f"127.0.0.1:{port}",
             tls.channel_credentials(f1.ca, f1.cert, f1.key),

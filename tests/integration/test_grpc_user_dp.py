@@ -58,6 +58,9 @@ class ConstantLearner:
     def state_spec(self) -> dict[str, tuple[tuple[int, ...], str]]:
         return {"w": ((DIM,), "<f4")}
 
+    def update_spec(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        return {k: (np.shape(v), np.asarray(v).dtype.str) for k, v in self.update().items()}
+
     def update(self) -> dict[str, np.ndarray]:
         return {
             "delta/w": np.full(DIM, 0.05 * (self.index + 1), np.float32),

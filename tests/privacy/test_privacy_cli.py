@@ -17,11 +17,11 @@ import pytest
 from privacy_testkit import read_lines, rewrite_consistently, write_lines
 
 from fedvpa_secure.cli import main
-from privacy import accountants
+from privacy import BudgetPolicy, PersistentAccountant, accountants
 from privacy.accountants import OpacusRDPAccountant, compute_epsilon
 from privacy.audit import CROSS_ATOL, audit_path, cross_check
 from privacy.events import SampledGaussianEvent
-from privacy.ledger import Ledger
+from privacy.ledger import ACROSS_RUNS_PREFIX, Ledger
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -344,3 +344,25 @@ def test_distributed_noise_ledger_audits(capsys, tmp_path: Path) -> None:
     code, out, err = run_cli(capsys, "audit", str(tmp_path), "--check-every", "2")
     assert code == 0, err
     assert "distributed_noise" in out
+
+
+@pytest.mark.parametrize("across_runs", [True, False], ids=["across-runs", "control-other-run"])
+def test_a_ledger_of_another_run_is_flagged_unless_it_spans_runs(
+    capsys, run_dir, across_runs: bool
+) -> None:
+    """A client's own user-level ledger spans every run of its data and may sit in any run's
+    folder; any other ledger of another run is a mix-up (the control)."""
+    run_id = f"{ACROSS_RUNS_PREFIX}client-0" if across_runs else "run-2"
+    PersistentAccountant.open(
+        run_dir["root"] / "clients" / "client-0.user.ledger.jsonl",
+        run_id=run_id,
+        actor="client-0",
+        unit="user",
+        budget=BudgetPolicy(8.0, 1e-5),
+        accountant="rdp",
+    )
+    code, _, err = run_cli(capsys, "audit", str(run_dir["root"]), "--no-plot")
+    if across_runs:
+        assert code == 0, err
+    else:
+        assert code == 1 and "different runs" in err

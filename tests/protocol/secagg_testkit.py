@@ -5,12 +5,22 @@ numpy's generator appears here only to make *test data*; the library never uses 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 
 import numpy as np
 
-from fedvpa_secure.secagg import Hooks, InProcessRound, SecAggConfig, Stage
-from fedvpa_secure.secagg.messages import Message
+from fedvpa_secure.secagg import Hooks, InProcessRound, SecAggConfig, Stage, graph, kdf, keys
+from fedvpa_secure.secagg.messages import (
+    PROTOCOL_VERSION,
+    SERVER_ID,
+    AdvertiseKeys,
+    GraphReveal,
+    KeyDirectory,
+    Message,
+    RevealDirectory,
+    header,
+)
 
 SHAPES: dict[str, tuple[int, ...]] = {"lora.A": (4, 3), "lora.B": (3, 4), "head": (5,)}
 
@@ -88,3 +98,79 @@ def tamper_reply(
         return reply
 
     return Hooks(client_to_server=hook)
+
+
+class HandPlayedServer:
+    """A malicious server played by hand through the graph-seed stage, for attacks an honest
+    :class:`ServerSession` would stop itself (it verifies every reveal against *its* directory).
+
+    The clients are the round's real :class:`ClientSession` objects; only the server is scripted:
+    it collects the advertisements, shows each client any key directory, and forwards any reveals.
+    A colluding client is scripted too (:meth:`collude_advert`, :meth:`collude_reveal`): it signs
+    whatever the server asks with its real identity key.
+    """
+
+    def __init__(self, rnd: InProcessRound) -> None:
+        self.rnd = rnd
+        self.requests = rnd.server.start()
+
+    def advertise(self) -> dict[str, AdvertiseKeys]:
+        """Every client's stage-0 reply."""
+        return {u: self.rnd.clients[u].handle(m) for u, m in self.requests.items()}  # type: ignore[misc]
+
+    def directory(self, adverts: Mapping[str, AdvertiseKeys]) -> KeyDirectory:
+        """The key directory of ``adverts``, exactly as an honest server would build it."""
+        table = {
+            u: (a.cipher_public, a.mask_public, a.nonce_commitment, a.signature)
+            for u, a in adverts.items()
+        }
+        return KeyDirectory(**header(KeyDirectory, self.rnd.round_id, SERVER_ID), keys=table)
+
+    def reveal(self, shown: Mapping[str, KeyDirectory]) -> dict[str, GraphReveal]:
+        """Show each client its directory; return the reveals (the clients must not abort)."""
+        return {u: self.rnd.clients[u].handle(d) for u, d in shown.items()}  # type: ignore[misc]
+
+    def collude_advert(
+        self, advert: AdvertiseKeys, nonce: bytes, cipher_public: bytes | None = None
+    ) -> AdvertiseKeys:
+        """``advert`` re-signed by its sender with a commitment to ``nonce`` (and another key)."""
+        rnd, cipher = self.rnd, cipher_public or advert.cipher_public
+        commitment = graph.nonce_commitment(rnd.round_id, advert.sender, nonce)
+        payload = keys.advertisement_payload(
+            rnd.round_id,
+            advert.sender,
+            rnd.config.digest(),
+            rnd.layout.digest,
+            cipher,
+            advert.mask_public,
+            commitment,
+        )
+        signature = keys.sign(rnd.identities[advert.sender], payload)
+        return replace(
+            advert, cipher_public=cipher, nonce_commitment=commitment, signature=signature
+        )
+
+    def collude_reveal(self, client: str, directory: KeyDirectory, nonce: bytes) -> GraphReveal:
+        """``client``'s reveal of ``nonce`` with its signature on ``directory``."""
+        rnd = self.rnd
+        session = kdf.session_id(
+            version=PROTOCOL_VERSION,
+            round_id=rnd.round_id,
+            config_digest=rnd.config.digest(),
+            layout_digest=rnd.layout.digest,
+            keys={u: k[:2] for u, k in directory.keys.items()},
+        )
+        payload = keys.directory_payload(session, {u: k[2] for u, k in directory.keys.items()})
+        return GraphReveal(
+            **header(GraphReveal, rnd.round_id, client),
+            nonce=nonce,
+            signature=keys.sign(rnd.identities[client], payload),
+        )
+
+    def forward(self, client: str, reveals: Mapping[str, GraphReveal]) -> Message:
+        """Send ``client`` the reveal directory built from ``reveals``; return its reply."""
+        table = {u: (r.nonce, r.signature) for u, r in reveals.items()}
+        message = RevealDirectory(
+            **header(RevealDirectory, self.rnd.round_id, SERVER_ID), reveals=table
+        )
+        return self.rnd.clients[client].handle(message)

@@ -23,7 +23,13 @@ from fedvpa_secure.secagg import (
     Stage,
     keys,
 )
-from fedvpa_secure.secagg.messages import AdvertiseKeys, MaskedInput, Message, ShareKeys
+from fedvpa_secure.secagg.messages import (
+    PROTOCOL_VERSION,
+    AdvertiseKeys,
+    MaskedInput,
+    Message,
+    ShareKeys,
+)
 
 N = 7  # hardened, t = 5
 BAD = "c003"
@@ -53,7 +59,13 @@ def _survives_without_bad(
 def _resign(rnd: InProcessRound, m: AdvertiseKeys, cipher: bytes, mask: bytes) -> AdvertiseKeys:
     """The bad client signs its bad keys properly, so only the key checks can catch them."""
     payload = keys.advertisement_payload(
-        rnd.round_id, m.sender, rnd.config.digest(), rnd.layout.digest, cipher, mask
+        rnd.round_id,
+        m.sender,
+        rnd.config.digest(),
+        rnd.layout.digest,
+        cipher,
+        mask,
+        m.nonce_commitment,
     )
     signature = keys.sign(rnd.identities[m.sender], payload)
     return replace(m, cipher_public=cipher, mask_public=mask, signature=signature)
@@ -151,10 +163,53 @@ def test_keys_reused_from_an_earlier_round_are_rejected() -> None:
         first.layout.digest,
         old.cipher_public,
         old.mask_public,
+        old.nonce_commitment,
     )
     replayed = replace(replayed, signature=keys.sign(first.identities[BAD], payload))
     with pytest.raises(ClientRejected, match="earlier round"):
         server.receive(replayed, authenticated_sender=BAD)
+
+
+# -- graph seed ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (lambda r, m: replace(m, nonce=bytes(32)), "does not match the commitment"),
+        (lambda r, m: replace(m, signature=bytes(64)), "directory signature does not verify"),
+        (lambda r, m: replace(m, nonce=m.nonce[:31]), "expected 32"),
+        (lambda r, m: None, "no valid graph nonce"),
+    ],
+    ids=["forged-nonce", "bad-signature", "short-nonce", "silent"],
+)
+def test_a_bad_graph_reveal_aborts_the_round_early(edit, match: str) -> None:
+    """One member short, the graph cannot be fixed (honest clients would refuse it), so the server
+    aborts at the end of the graph-seed stage, before anyone deals a share."""
+    rnd, _ = _round(tamper_reply(Stage.GRAPH_SEED, BAD, edit))
+    with pytest.raises(AbortRound, match="graph nonce"):
+        rnd.run()
+    reasons = " ".join(r.reason for r in rnd.rejections)
+    assert match in reasons or match in str(rnd.server.abort_reason)
+    assert all(r.fatal and r.client_id == BAD for r in rnd.rejections)
+    assert not [m for st, _, m in rnd.transcript if st > Stage.GRAPH_SEED]
+
+
+def test_a_reveal_from_outside_u1_is_rejected_without_harm() -> None:
+    """A client that skipped stage 0 cannot join U1 late by revealing a nonce."""
+
+    def late(rnd: InProcessRound, stage: Stage, u: str, reply: Message) -> Message | None:
+        if stage is Stage.GRAPH_SEED and u == "c000":
+            with pytest.raises(ClientRejected, match="not expected") as caught:
+                rnd.server.receive(
+                    replace(reply, sender=BAD, nonce=bytes(32)), authenticated_sender=BAD
+                )
+            assert not caught.value.fatal
+        return reply
+
+    rnd, _ = _round(Hooks(client_to_server=late), drop_at={Stage.ADVERTISE_KEYS: {BAD}})
+    result = rnd.run()
+    assert BAD not in result.survivors and len(result.survivors) == N - 1
 
 
 # -- shares ----------------------------------------------------------------------------------
@@ -214,8 +269,8 @@ def test_garbage_shares_are_rejected(edit, match: str, stage: Stage) -> None:
     [
         (lambda m: replace(m, sender="c001"), "not the authenticated peer"),
         (lambda m: replace(m, round_id="round-0"), "round id"),
-        (lambda m: replace(m, version=2), "protocol version"),
-        (lambda m: replace(m, stage=3), "stage"),
+        (lambda m: replace(m, version=PROTOCOL_VERSION - 1), "protocol version"),
+        (lambda m: replace(m, stage=int(Stage.SHARE_KEYS)), "stage"),
         (lambda m: replace(m, version=True), "bool"),
     ],
     ids=["spoofed-sender", "round-id", "version", "stage", "bool-version"],

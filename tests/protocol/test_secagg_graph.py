@@ -1,6 +1,8 @@
-"""SecAgg+ neighbourhoods from a public seed; each client checks its own."""
+"""SecAgg+ neighbourhoods from a seed every member contributes to; each client checks its own."""
 
 from __future__ import annotations
+
+import hashlib
 
 import numpy as np
 import pytest
@@ -11,27 +13,49 @@ from fedvpa_secure.secagg import InProcessRound, SecAggConfig, Stage, graph
 from fedvpa_secure.secagg.messages import MaskedInputRequest
 
 MEMBERS = [f"c{i:03d}" for i in range(30)]
+NONCES = {u: hashlib.sha256(u.encode()).digest() for u in MEMBERS}
+SEED = graph.graph_seed("r1", NONCES)
 
 
 def test_harary_graph_is_regular_symmetric_and_seeded() -> None:
-    nbrs = graph.neighbourhoods(MEMBERS, 6, "r1")
+    nbrs = graph.neighbourhoods(MEMBERS, 6, SEED)
     for u, ns in nbrs.items():
         assert len(ns) == 6 and u not in ns
         for v in ns:
             assert u in nbrs[v]
-    assert nbrs == graph.neighbourhoods(list(reversed(MEMBERS)), 6, "r1")  # order-free
-    assert nbrs != graph.neighbourhoods(MEMBERS, 6, "r2")  # the round id changes the labelling
-    assert nbrs != graph.neighbourhoods(MEMBERS[1:], 6, "r1")
+    assert nbrs == graph.neighbourhoods(list(reversed(MEMBERS)), 6, SEED)  # order-free
+    assert nbrs != graph.neighbourhoods(MEMBERS, 6, graph.graph_seed("r2", NONCES))
     for u in MEMBERS:
-        assert graph.neighbours_of(u, MEMBERS, 6, "r1") == nbrs[u]
+        assert graph.neighbours_of(u, MEMBERS, 6, SEED) == nbrs[u]
+        assert graph.neighbour_count(len(MEMBERS), 6) == len(nbrs[u])
+
+
+def test_the_seed_depends_on_every_member_and_every_nonce() -> None:
+    seeds = {SEED, graph.graph_seed("r2", NONCES)}
+    for u in MEMBERS:
+        seeds.add(graph.graph_seed("r1", {**NONCES, u: bytes(32)}))  # one nonce changed
+        seeds.add(graph.graph_seed("r1", {v: n for v, n in NONCES.items() if v != u}))  # dropped
+    assert len(seeds) == 2 + 2 * len(MEMBERS)
+    assert graph.graph_seed("r1", dict(reversed(NONCES.items()))) == SEED  # order-free
+
+
+def test_nonce_commitments_bind_round_client_and_nonce() -> None:
+    c = graph.nonce_commitment("r1", "c001", NONCES["c001"])
+    assert len(c) == 32
+    assert c != graph.nonce_commitment("r2", "c001", NONCES["c001"])
+    assert c != graph.nonce_commitment("r1", "c002", NONCES["c001"])
+    assert c != graph.nonce_commitment("r1", "c001", NONCES["c002"])
+    assert NONCES["c001"] not in c
 
 
 def test_full_graph_when_degree_is_none_or_large() -> None:
     for degree in (None, 29, 40):
-        nbrs = graph.neighbourhoods(MEMBERS, degree, "r1")
+        nbrs = graph.neighbourhoods(MEMBERS, degree, SEED)
         assert all(len(ns) == 29 for ns in nbrs.values())
+        assert graph.neighbour_count(len(MEMBERS), degree) == 29
+    assert graph.neighbourhoods(MEMBERS, None, b"") == graph.neighbourhoods(MEMBERS, None, SEED)
     with pytest.raises(ValueError, match="even"):
-        graph.neighbourhoods(MEMBERS, 5, "r1")
+        graph.neighbourhoods(MEMBERS, 5, SEED)
 
 
 def test_permutation_is_uniform_enough() -> None:
@@ -61,6 +85,11 @@ def test_secagg_plus_round_sums_correctly(drop_stage: Stage | None) -> None:
     for u, client in rnd.clients.items():
         assert client.neighbours == rnd.server.neighbourhoods[u]
         assert len(client.neighbours) == 6
+    # the graph is the one every member's revealed nonce fixes, nothing the server picked alone
+    nonces = {u: m.nonce for st, u, m in rnd.transcript if st is Stage.GRAPH_SEED}
+    assert sorted(nonces) == rnd.client_ids
+    seed = graph.graph_seed(rnd.round_id, nonces)
+    assert rnd.server.neighbourhoods == graph.neighbourhoods(rnd.client_ids, 6, seed)
 
 
 def test_secagg_plus_hardened_round() -> None:
@@ -75,14 +104,18 @@ def test_secagg_plus_neighbourhood_threshold_loss_aborts() -> None:
     """Dropping a whole neighbourhood below t_k leaves a survivor's seed unrecoverable."""
     n = 16
     cfg = SecAggConfig(n_clients=n, degree=4, hardened=False)  # groups of 5, t_k = 3
-    probe = InProcessRound(make_updates(n), cfg)
+    # the same (insecure, test-only) client randomness gives the same nonces, hence the same graph
+    probe = InProcessRound(make_updates(n), cfg, insecure_seed=b"graph")
     probe.run()
     nbrs = probe.server.neighbourhoods
     victim = "c000"
     silent = {int(v[1:]) for v in sorted(nbrs[victim])[:3]}
-    rnd = InProcessRound(make_updates(n), cfg, drop_at={Stage.UNMASK: silent | {0}})
+    rnd = InProcessRound(
+        make_updates(n), cfg, drop_at={Stage.UNMASK: silent | {0}}, insecure_seed=b"graph"
+    )
     with pytest.raises(AbortRound, match="below the threshold"):
         rnd.run()
+    assert rnd.server.neighbourhoods == nbrs
 
 
 def test_client_refuses_envelopes_from_non_neighbours() -> None:

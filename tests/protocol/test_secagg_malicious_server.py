@@ -12,21 +12,23 @@ from dataclasses import replace
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from secagg_testkit import make_updates, tamper_outbox
+from secagg_testkit import HandPlayedServer, make_updates, tamper_outbox
 
-from fedvpa_secure.errors import AbortRound
+from fedvpa_secure.errors import AbortRound, ProtocolError
 from fedvpa_secure.secagg import (
     ClientStage,
     Hooks,
     InProcessRound,
     SecAggConfig,
     Stage,
+    graph,
     keys,
 )
 from fedvpa_secure.secagg.messages import (
     ConsistencySignature,
     KeyDirectory,
     MaskedInputRequest,
+    RevealDirectory,
     ShareKeys,
     UnmaskRequest,
 )
@@ -194,25 +196,25 @@ def test_substituted_keys_abort_every_client() -> None:
 
     def substitute(rnd, u, m: KeyDirectory):
         table = dict(m.keys)
-        c, _, sig = table["c003"]
-        table["c003"] = (c, attacker, sig)
+        c, _, commitment, sig = table["c003"]
+        table["c003"] = (c, attacker, commitment, sig)
         return replace(m, keys=table)
 
-    rnd = _round(tamper_outbox(Stage.SHARE_KEYS, None, substitute))
+    rnd = _round(tamper_outbox(Stage.GRAPH_SEED, None, substitute))
     with pytest.raises(AbortRound):
         rnd.run()
     for u in rnd.client_ids:
         match = "substitutes my own keys" if u == "c003" else "not signed by it for this round"
-        _assert_aborted(rnd, u, match, Stage.SHARE_KEYS)
+        _assert_aborted(rnd, u, match, Stage.GRAPH_SEED)
 
 
 def test_own_keys_substituted_or_left_out() -> None:
     def drop_me(rnd, u, m: KeyDirectory):
         return replace(m, keys={v: k for v, k in m.keys.items() if v != u})
 
-    rnd = _round(tamper_outbox(Stage.SHARE_KEYS, {"c002"}, drop_me))
+    rnd = _round(tamper_outbox(Stage.GRAPH_SEED, {"c002"}, drop_me))
     _run_to_end(rnd)
-    _assert_aborted(rnd, "c002", "leaves me out", Stage.SHARE_KEYS)
+    _assert_aborted(rnd, "c002", "leaves me out", Stage.GRAPH_SEED)
 
 
 def test_replayed_keys_from_an_earlier_round_abort() -> None:
@@ -222,29 +224,29 @@ def test_replayed_keys_from_an_earlier_round_abort() -> None:
 
     def replay(rnd, u, m: KeyDirectory):
         table = dict(m.keys)
-        table["c003"] = (old.cipher_public, old.mask_public, old.signature)
+        table["c003"] = (old.cipher_public, old.mask_public, old.nonce_commitment, old.signature)
         return replace(m, keys=table)
 
     second = _round(
-        tamper_outbox(Stage.SHARE_KEYS, None, replay),
+        tamper_outbox(Stage.GRAPH_SEED, None, replay),
         round_id="round-2",
         identities=first.identities,
     )
     with pytest.raises(AbortRound):
         second.run()
-    _assert_aborted(second, "c001", "not signed by it for this round", Stage.SHARE_KEYS)
+    _assert_aborted(second, "c001", "not signed by it for this round", Stage.GRAPH_SEED)
 
 
 def test_duplicate_keys_in_the_directory_abort() -> None:
     def dup(rnd, u, m: KeyDirectory):
         table = dict(m.keys)
-        _, s, sig = table["c004"]
-        table["c004"] = (table["c003"][0], s, sig)
+        _, s, commitment, sig = table["c004"]
+        table["c004"] = (table["c003"][0], s, commitment, sig)
         return replace(m, keys=table)
 
-    rnd = _round(tamper_outbox(Stage.SHARE_KEYS, {"c001"}, dup))
+    rnd = _round(tamper_outbox(Stage.GRAPH_SEED, {"c001"}, dup))
     _run_to_end(rnd)
-    _assert_aborted(rnd, "c001", "repeats a public key", Stage.SHARE_KEYS)
+    _assert_aborted(rnd, "c001", "repeats a public key", Stage.GRAPH_SEED)
 
 
 # -- ciphertexts from another session -----------------------------------------------------------
@@ -303,7 +305,9 @@ def test_tampered_ciphertext_excludes_its_sender_but_reveals_nothing() -> None:
 # -- asking twice --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("stage", [Stage.SHARE_KEYS, Stage.CONSISTENCY, Stage.UNMASK])
+@pytest.mark.parametrize(
+    "stage", [Stage.GRAPH_SEED, Stage.SHARE_KEYS, Stage.CONSISTENCY, Stage.UNMASK]
+)
 def test_asking_twice_aborts_the_client(stage: Stage) -> None:
     def twice(rnd, st, outbox):
         if st is stage:
@@ -350,28 +354,119 @@ def test_small_order_key_in_the_directory_aborts() -> None:
     """A colluding client signs a small-order key and the server forwards it anyway: the honest
     clients still refuse to agree keys with it."""
     point = bytes.fromhex("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800")
+    rnd = _round(Hooks())
+    server = HandPlayedServer(rnd)
+    adverts = server.advertise()
+    nonce = bytes(32)
+    adverts["c004"] = server.collude_advert(adverts["c004"], nonce, cipher_public=point)
+    with pytest.raises(ProtocolError, match="small-order"):  # an honest server refuses it
+        rnd.server.receive(adverts["c004"], authenticated_sender="c004")
+    directory = server.directory(adverts)
+    honest = [u for u in rnd.client_ids if u != "c004"]
+    reveals = server.reveal({u: directory for u in honest})
+    reveals["c004"] = server.collude_reveal("c004", directory, nonce)
+    with pytest.raises(AbortRound, match="small-order"):
+        server.forward("c001", reveals)
+    assert rnd.clients["c001"].stage is ClientStage.ABORTED
 
-    def bad_client(rnd, stage, u, reply):
-        if stage is Stage.ADVERTISE_KEYS and u == "c004":
-            payload = keys.advertisement_payload(
-                rnd.round_id, u, rnd.config.digest(), rnd.layout.digest, point, reply.mask_public
-            )
-            return replace(
-                reply, cipher_public=point, signature=keys.sign(rnd.identities[u], payload)
-            )
-        return reply
 
-    def bad_server(rnd, stage, outbox):
-        if stage is not Stage.SHARE_KEYS:
-            return outbox
-        ad = next(m for st, u, m in rnd.transcript if st is Stage.ADVERTISE_KEYS and u == "c004")
-        out = {}
-        for u, msgs in outbox.items():
-            table = {**msgs[0].keys, "c004": (ad.cipher_public, ad.mask_public, ad.signature)}
-            out[u] = [replace(msgs[0], keys=table)]
-        return out
+# -- the graph seed (SecAgg+ neighbourhoods) ----------------------------------------------------
+# The directory and reveal attacks target the protocol, not the graph shape, so the small full-graph
+# round runs them; test_secagg_graph_grinding.py checks the seed's effect on the SecAgg+ graph.
 
-    rnd = _round(Hooks(server_to_clients=bad_server, client_to_server=bad_client))
+
+@pytest.mark.parametrize(
+    ("victim", "match"),
+    [("c001", "not signed by it for this round"), ("c004", "substitutes my own graph-nonce")],
+    ids=["someone-elses", "own"],
+)
+def test_swapped_commitment_in_the_directory_aborts(victim: str, match: str) -> None:
+    """The server cannot swap c004's commitment for one whose nonce it knows or chose."""
+
+    def swap(rnd, u, m: KeyDirectory):
+        table = dict(m.keys)
+        c, s, _, sig = table["c004"]
+        table["c004"] = (c, s, graph.nonce_commitment(rnd.round_id, "c004", bytes(32)), sig)
+        return replace(m, keys=table)
+
+    rnd = _round(tamper_outbox(Stage.GRAPH_SEED, {victim}, swap))
     _run_to_end(rnd)
-    assert any(r.client_id == "c004" for r in rnd.rejections)  # the honest server refused it
-    _assert_aborted(rnd, "c001", "small-order", Stage.SHARE_KEYS)
+    _assert_aborted(rnd, victim, match, Stage.GRAPH_SEED)
+    assert rnd.server.result is None  # without the victim's nonce the round cannot go on
+
+
+def _edit_reveals(rnd, m: RevealDirectory, edit) -> RevealDirectory:
+    return replace(m, reveals=edit(dict(m.reveals)))
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (lambda t: {u: r for u, r in t.items() if u != "c004"}, "withholds the graph nonces"),
+        (lambda t: {**t, "c004": (bytes(32), t["c004"][1])}, "does not match its commitment"),
+        (lambda t: {**t, "c001": (bytes(32), t["c001"][1])}, "substitutes my own graph nonce"),
+        (lambda t: {**t, "c004": (t["c004"][0], t["c003"][1])}, "did not sign the key directory"),
+        (lambda t: {**t, "c999": t["c004"]}, "outside U1"),
+    ],
+    ids=["withheld", "forged-nonce", "own-nonce", "forged-signature", "stranger"],
+)
+def test_reveal_manipulation_aborts_before_the_graph_is_used(edit, match: str) -> None:
+    rnd = _round(
+        tamper_outbox(Stage.SHARE_KEYS, {"c001"}, lambda r, u, m: _edit_reveals(r, m, edit))
+    )
+    result = rnd.run()  # the others see every reveal and finish without c001
+    assert "c001" not in result.survivors
+    _assert_aborted(rnd, "c001", match, Stage.SHARE_KEYS)
+    assert rnd.clients["c001"].neighbours == frozenset()  # it never fixed a graph
+
+
+def test_different_u1_to_different_clients_aborts_both_sides() -> None:
+    """c000 is shown a U1 without c006 (a graph the server could steer); everyone signs what it
+    saw, so neither side collects a full set of signatures on its own directory."""
+    rnd = _round(Hooks())
+    server = HandPlayedServer(rnd)
+    adverts = server.advertise()
+    full = server.directory(adverts)
+    small = server.directory({u: a for u, a in adverts.items() if u != "c006"})
+    shown = {u: (small if u == "c000" else full) for u in rnd.client_ids}
+    reveals = server.reveal(shown)
+    with pytest.raises(AbortRound, match="'c001' did not sign the key directory I signed"):
+        server.forward("c000", {u: r for u, r in reveals.items() if u != "c006"})
+    with pytest.raises(AbortRound, match="'c000' did not sign the key directory I signed"):
+        server.forward("c001", reveals)
+
+
+def test_equivocating_colluder_cannot_split_the_graph() -> None:
+    """A colluder signs two commitments and the server shows c000 the other one: c000 would
+    derive another seed than its peers, but its honest peers' signatures expose the split."""
+    rnd = _round(Hooks())
+    server = HandPlayedServer(rnd)
+    adverts = server.advertise()
+    colluder, first, second = "c006", bytes(32), bytes(range(32))
+    full = server.directory({**adverts, colluder: server.collude_advert(adverts[colluder], first)})
+    split = server.directory(
+        {**adverts, colluder: server.collude_advert(adverts[colluder], second)}
+    )
+    honest = [u for u in rnd.client_ids if u != colluder]
+    reveals = server.reveal({u: (split if u == "c000" else full) for u in honest})
+    to_c000 = {**reveals, colluder: server.collude_reveal(colluder, split, second)}
+    with pytest.raises(AbortRound, match="'c001' did not sign the key directory I signed"):
+        server.forward("c000", to_c000)
+    to_c001 = {**reveals, colluder: server.collude_reveal(colluder, full, first)}
+    with pytest.raises(AbortRound, match="'c000' did not sign the key directory I signed"):
+        server.forward("c001", to_c001)
+
+
+def test_server_cannot_reroll_by_dropping_a_member_after_the_reveals() -> None:
+    """Having seen every nonce, the server would like a U1 without c006 (a new seed). A second
+    directory is refused, and a reveal list without c006 is too."""
+    rnd = _round(Hooks())
+    server = HandPlayedServer(rnd)
+    adverts = server.advertise()
+    reveals = server.reveal({u: server.directory(adverts) for u in rnd.client_ids})
+    smaller = server.directory({u: a for u, a in adverts.items() if u != "c006"})
+    with pytest.raises(AbortRound, match="expected a RevealDirectory"):
+        rnd.clients["c000"].handle(smaller)
+    with pytest.raises(AbortRound, match=r"withholds the graph nonces of \['c006'\]"):
+        server.forward("c001", {u: r for u, r in reveals.items() if u != "c006"})
+    assert server.forward("c002", reveals).stage == Stage.SHARE_KEYS  # the honest path still works

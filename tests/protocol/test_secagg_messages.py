@@ -12,9 +12,14 @@ from fedvpa_secure.errors import ProtocolError
 from fedvpa_secure.secagg import MessageLimits, validate
 from fedvpa_secure.secagg import messages as msgs
 from fedvpa_secure.secagg.messages import (
+    PROTOCOL_VERSION,
     AdvertiseKeys,
     AdvertiseRequest,
+    GraphReveal,
+    KeyDirectory,
     MaskedInput,
+    RevealDirectory,
+    Stage,
     UnmaskRequest,
     wire_size,
 )
@@ -51,12 +56,13 @@ def test_every_message_type_has_a_field_validator() -> None:
 
 def _keys_msg(**kw) -> AdvertiseKeys:
     base = dict(
-        version=1,
+        version=PROTOCOL_VERSION,
         round_id="r1",
         stage=0,
         sender="c001",
         cipher_public=b"c" * 32,
         mask_public=b"m" * 32,
+        nonce_commitment=b"n" * 32,
         signature=b"s" * 64,
     )
     return AdvertiseKeys(**{**base, **kw})
@@ -65,7 +71,7 @@ def _keys_msg(**kw) -> AdvertiseKeys:
 @pytest.mark.parametrize(
     ("kw", "match"),
     [
-        ({"version": 2}, "protocol version"),
+        ({"version": PROTOCOL_VERSION + 1}, "protocol version"),
         ({"version": True}, "bool"),
         ({"round_id": "r2"}, "round id"),
         ({"stage": 1}, "stage"),
@@ -73,6 +79,7 @@ def _keys_msg(**kw) -> AdvertiseKeys:
         ({"sender": "x" * 500}, "not a valid client id"),
         ({"cipher_public": b"c" * 31}, "expected 32"),
         ({"mask_public": "m" * 32}, "not bytes"),
+        ({"nonce_commitment": b"n" * 31}, "nonce_commitment has 31 bytes"),
         ({"signature": [1, 2]}, "not bytes/int/str/tuple/dict"),
         ({"signature": b"s" * 10_000}, "oversized"),
     ],
@@ -92,7 +99,7 @@ def test_valid_message_passes_and_wrong_type_fails() -> None:
 
 def test_server_messages_must_come_from_the_server() -> None:
     m = AdvertiseRequest(
-        version=1,
+        version=PROTOCOL_VERSION,
         round_id="r1",
         stage=0,
         sender="c001",
@@ -116,9 +123,9 @@ def test_server_messages_must_come_from_the_server() -> None:
 )
 def test_nested_fields_are_checked(kw: dict, match: str) -> None:
     base = dict(
-        version=1,
+        version=PROTOCOL_VERSION,
         round_id="r1",
-        stage=4,
+        stage=int(Stage.UNMASK),
         sender="@server",
         survivors=("c001",),
         alive=("c001",),
@@ -129,6 +136,67 @@ def test_nested_fields_are_checked(kw: dict, match: str) -> None:
         validate(
             UnmaskRequest(**{**base, **kw}), expected=UnmaskRequest, round_id="r1", limits=LIMITS
         )
+
+
+def _graph_messages() -> list[tuple[type, dict]]:
+    head = {"version": PROTOCOL_VERSION, "round_id": "r1"}
+    server = {**head, "sender": "@server"}
+    return [
+        (
+            KeyDirectory,
+            {
+                **server,
+                "stage": int(Stage.GRAPH_SEED),
+                "keys": {"c001": (b"c" * 32, b"m" * 32, b"n" * 32, b"s" * 64)},
+            },
+        ),
+        (
+            GraphReveal,
+            {
+                **head,
+                "stage": int(Stage.GRAPH_SEED),
+                "sender": "c001",
+                "nonce": b"r" * 32,
+                "signature": b"s" * 64,
+            },
+        ),
+        (
+            RevealDirectory,
+            {
+                **server,
+                "stage": int(Stage.SHARE_KEYS),
+                "reveals": {"c001": (b"r" * 32, b"s" * 64)},
+            },
+        ),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("cls", "kw", "match"),
+    [
+        (KeyDirectory, {"keys": {"c001": (b"c" * 32, b"m" * 32, b"s" * 64)}}, "not a tuple of 4"),
+        (KeyDirectory, {"keys": {"c001": (b"c" * 32, b"m" * 32, b"n" * 31, b"s" * 64)}}, "31"),
+        (GraphReveal, {"nonce": b"r" * 33}, "nonce has 33 bytes"),
+        (GraphReveal, {"signature": b""}, "signature has 0 bytes"),
+        (RevealDirectory, {"reveals": {"c001": (b"r" * 32,)}}, "not a tuple of 2"),
+        (RevealDirectory, {"reveals": {"bad id": (b"r" * 32, b"s" * 64)}}, "invalid client id"),
+        (RevealDirectory, {"stage": int(Stage.GRAPH_SEED)}, "stage"),
+    ],
+    ids=[
+        "dir-3-tuple",
+        "dir-commitment",
+        "long-nonce",
+        "no-sig",
+        "reveal-1-tuple",
+        "bad-id",
+        "stage",
+    ],
+)
+def test_graph_seed_messages_are_checked(cls: type, kw: dict, match: str) -> None:
+    good = dict(_graph_messages())
+    validate(cls(**good[cls]), expected=cls, round_id="r1", limits=LIMITS)
+    with pytest.raises(ProtocolError, match=match):
+        validate(cls(**{**good[cls], **kw}), expected=cls, round_id="r1", limits=LIMITS)
 
 
 def test_validation_runs_before_any_cryptography() -> None:
@@ -152,9 +220,9 @@ def test_validation_runs_before_any_cryptography() -> None:
 
 def test_wire_size_is_close_to_the_payload() -> None:
     m = MaskedInput(
-        version=1,
+        version=PROTOCOL_VERSION,
         round_id="r1",
-        stage=2,
+        stage=int(Stage.MASKED_INPUT),
         sender="c001",
         length=1000,
         dtype="<u4",

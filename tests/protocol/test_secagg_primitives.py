@@ -172,12 +172,28 @@ def test_round_keys_are_fresh_distinct_and_hide_secrets() -> None:
 def test_signatures_bind_the_round() -> None:
     identity = Ed25519PrivateKey.generate()
     public = keys.identity_public_bytes(identity)
-    args = ("c001", b"c" * 32, b"l" * 32, b"k" * 32, b"m" * 32)
+    args = ("c001", b"c" * 32, b"l" * 32, b"k" * 32, b"m" * 32, b"n" * 32)
     sig = keys.sign(identity, keys.advertisement_payload("round-1", *args))
     assert keys.verify(public, sig, keys.advertisement_payload("round-1", *args))
     assert not keys.verify(public, sig, keys.advertisement_payload("round-2", *args))
+    swapped = keys.advertisement_payload("round-1", *args[:-1], b"N" * 32)  # another commitment
+    assert not keys.verify(public, sig, swapped)
     assert not keys.verify(public, b"x" * 64, keys.advertisement_payload("round-1", *args))
     assert not keys.verify(b"short", sig, b"")
+
+
+def test_directory_payload_binds_session_members_and_commitments() -> None:
+    commitments = {"c002": b"b" * 32, "c001": b"a" * 32}
+    payload = keys.directory_payload(b"s" * 32, commitments)
+    assert payload == keys.directory_payload(b"s" * 32, dict(reversed(commitments.items())))
+    others = [
+        keys.directory_payload(b"S" * 32, commitments),
+        keys.directory_payload(b"s" * 32, {**commitments, "c002": b"B" * 32}),
+        keys.directory_payload(b"s" * 32, {"c001": b"a" * 32}),
+        keys.directory_payload(b"s" * 32, {"c001": b"b" * 32, "c002": b"a" * 32}),
+    ]
+    assert payload not in others and len(set(others)) == len(others)
+    assert not payload.startswith(keys.LABEL_CONSISTENCY)
 
 
 # -- envelopes -------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from fedvpa_secure.secagg import (
     Stage,
     keys,
 )
-from fedvpa_secure.secagg.messages import KeyDirectory, MaskedInputRequest
+from fedvpa_secure.secagg.messages import PROTOCOL_VERSION, KeyDirectory, MaskedInputRequest
 
 
 def _reachable(table, start):
@@ -59,7 +59,11 @@ def test_out_of_order_message_aborts_the_client() -> None:
     rnd = _round()
     client = rnd.clients["c000"]
     bogus = MaskedInputRequest(
-        version=1, round_id="round-1", stage=2, sender="@server", envelopes={}
+        version=PROTOCOL_VERSION,
+        round_id="round-1",
+        stage=int(Stage.MASKED_INPUT),
+        sender="@server",
+        envelopes={},
     )
     with pytest.raises(AbortRound, match="expected a AdvertiseRequest"):
         client.handle(bogus)
@@ -87,6 +91,7 @@ def test_stages_progress_in_order_and_secrets_are_dropped() -> None:
     for client in rnd.clients.values():
         assert client.stage is ClientStage.DONE
         assert client._seed is None and client._keys is None and not client._held
+        assert client._nonce is None
         assert client._own_shares is None and client._input is None
     assert rnd.server.stage is ServerStage.FINISHED
     assert rnd.server._acc is None and not rnd.server._revealed
@@ -97,11 +102,17 @@ def test_an_aborted_client_holds_no_secrets() -> None:
     outbox = rnd.server.start()
     client = rnd.clients["c000"]
     client.handle(outbox["c000"])
-    assert client._keys is not None
-    bad = KeyDirectory(version=1, round_id="round-1", stage=1, sender="@server", keys={})
-    with pytest.raises(AbortRound):
+    assert client._keys is not None and client._nonce is not None
+    bad = KeyDirectory(
+        version=PROTOCOL_VERSION,
+        round_id="round-1",
+        stage=int(Stage.GRAPH_SEED),
+        sender="@server",
+        keys={},
+    )
+    with pytest.raises(AbortRound, match="leaves me out"):
         client.handle(bad)
-    assert client._keys is None and client.abort_reason
+    assert client._keys is None and client._nonce is None and client.abort_reason
 
 
 def test_client_refuses_to_contribute_twice_to_a_model_version() -> None:
@@ -136,7 +147,7 @@ def test_client_construction_checks_identity_and_ids() -> None:
 def test_input_must_be_provided_once_before_masking() -> None:
     rnd = _round()
     outbox = rnd.server.start()
-    for stage in (Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS):
+    for stage in (Stage.ADVERTISE_KEYS, Stage.GRAPH_SEED, Stage.SHARE_KEYS):
         for u, msg in outbox.items():
             rnd.server.receive(rnd.clients[u].handle(msg), authenticated_sender=u)
         outbox = rnd.server.close_stage()

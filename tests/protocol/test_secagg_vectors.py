@@ -53,6 +53,8 @@ def test_hkdf_labels_and_derivations() -> None:
         "share-commitment": commitments.LABEL_SHARE.decode(),
         "secret-commitment": commitments.LABEL_SECRET.decode(),
         "graph": graph.LABEL_GRAPH.decode(),
+        "graph-nonce-commitment": graph.LABEL_NONCE_COMMITMENT.decode(),
+        "key-directory": keys.LABEL_DIRECTORY.decode(),
         "layout": layout.LABEL_LAYOUT.decode(),
         "config": CONFIG_LABEL.decode(),
     }
@@ -84,10 +86,13 @@ def test_hashed_encodings_known_answers() -> None:
     salt = bytes.fromhex(v["salt"])
     key_a = hashlib.sha256(b"fedvpa-secagg kat key A").digest()
     digest_c, digest_l = hashlib.sha256(b"config").digest(), hashlib.sha256(b"layout").digest()
+    ikm = bytes.fromhex(v["ikm"])
     payload = keys.advertisement_payload(
-        "round-7", "c001", digest_c, digest_l, key_a, bytes(range(32))
+        "round-7", "c001", digest_c, digest_l, key_a, bytes(range(32)), ikm
     )
     assert hashlib.sha256(payload).hexdigest() == v["advertisement_payload_sha256"]
+    payload = keys.directory_payload(salt, {"c002": key_a, "c001": bytes(range(32))})
+    assert hashlib.sha256(payload).hexdigest() == v["directory_payload_sha256"]
     payload = keys.consistency_payload(salt, ["c002", "c000", "c001"])
     assert hashlib.sha256(payload).hexdigest() == v["consistency_payload_sha256"]
     share = shamir.encode_share(shamir.Share(3, 123456789), shamir.share_context(salt, "c001", "b"))
@@ -104,10 +109,14 @@ def test_hashed_encodings_known_answers() -> None:
 
 def test_graph_known_answers() -> None:
     v = _load("graph.json")
-    seed = graph.graph_seed(v["round_id"], v["members"])
+    nonces = {u: bytes.fromhex(n) for u, n in v["nonces"].items()}
+    assert sorted(nonces) == sorted(v["members"])
+    for u, n in nonces.items():
+        assert graph.nonce_commitment(v["round_id"], u, n).hex() == v["commitments"][u]
+    seed = graph.graph_seed(v["round_id"], nonces)
     assert seed.hex() == v["seed"]
     assert graph.permutation(v["members"], seed) == v["permutation"]
-    nbrs = graph.neighbourhoods(v["members"], v["degree"], v["round_id"])
+    nbrs = graph.neighbourhoods(v["members"], v["degree"], seed)
     assert {u: sorted(n) for u, n in nbrs.items()} == v["neighbours"]
 
 

@@ -71,7 +71,7 @@ def hkdf_vectors() -> dict:
     digest_l = hashlib.sha256(b"layout").digest()
     share = shamir.Share(3, 123456789)
     return {
-        "description": "HKDF-SHA256 labels, derivations and hashed encodings of protocol v1",
+        "description": "HKDF-SHA256 labels, derivations and hashed encodings of the protocol",
         "protocol_version": PROTOCOL_VERSION,
         "labels": {
             "share-key": kdf.LABEL_SHARE_KEY.decode(),
@@ -84,6 +84,8 @@ def hkdf_vectors() -> dict:
             "share-commitment": commitments.LABEL_SHARE.decode(),
             "secret-commitment": commitments.LABEL_SECRET.decode(),
             "graph": graph.LABEL_GRAPH.decode(),
+            "graph-nonce-commitment": graph.LABEL_NONCE_COMMITMENT.decode(),
+            "key-directory": keys.LABEL_DIRECTORY.decode(),
             "layout": layout.LABEL_LAYOUT.decode(),
             "config": CONFIG_LABEL.decode(),
         },
@@ -119,7 +121,10 @@ def hkdf_vectors() -> dict:
             ).hex(),
         },
         "advertisement_payload_sha256": hashlib.sha256(
-            keys.advertisement_payload("round-7", "c001", digest_c, digest_l, KEY_A, KEY_B)
+            keys.advertisement_payload("round-7", "c001", digest_c, digest_l, KEY_A, KEY_B, IKM)
+        ).hexdigest(),
+        "directory_payload_sha256": hashlib.sha256(
+            keys.directory_payload(SALT, {"c002": KEY_A, "c001": KEY_B})
         ).hexdigest(),
         "consistency_payload_sha256": hashlib.sha256(
             keys.consistency_payload(SALT, ["c002", "c000", "c001"])
@@ -132,14 +137,21 @@ def hkdf_vectors() -> dict:
 
 def graph_vectors() -> dict:
     members = [f"c{i:03d}" for i in range(12)]
-    nbrs = graph.neighbourhoods(members, 4, "round-7")
+    nonces = {u: hashlib.sha256(b"nonce " + u.encode()).digest() for u in members}
+    seed = graph.graph_seed("round-7", nonces)
+    nbrs = graph.neighbourhoods(members, 4, seed)
     return {
-        "description": "SecAgg+ graph: public seed, seeded permutation, Harary H(12, 4)",
+        "description": "SecAgg+ graph: nonce commitments, commit-reveal seed, seeded "
+        "permutation, Harary H(12, 4)",
         "round_id": "round-7",
         "members": members,
+        "nonces": {u: n.hex() for u, n in nonces.items()},
+        "commitments": {
+            u: graph.nonce_commitment("round-7", u, n).hex() for u, n in nonces.items()
+        },
         "degree": 4,
-        "seed": graph.graph_seed("round-7", members).hex(),
-        "permutation": graph.permutation(members, graph.graph_seed("round-7", members)),
+        "seed": seed.hex(),
+        "permutation": graph.permutation(members, seed),
         "neighbours": {u: sorted(v) for u, v in sorted(nbrs.items())},
     }
 
