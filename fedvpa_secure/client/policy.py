@@ -33,6 +33,12 @@ from typing import Any
 from fedvpa_secure.errors import AbortRound, ConfigError
 from fedvpa_secure.secagg import SecAggConfig
 from fedvpa_secure.secagg.config import default_threshold
+from fedvpa_secure.secagg.degree import (
+    DEFAULT_COLLUDING_FRACTION,
+    DEFAULT_DROPOUT_FRACTION,
+    DEFAULT_SECURITY_BITS,
+    min_secure_degree,
+)
 from privacy import DistributedNoiseEvent, PrivacyError, calibrate_noise_multiplier
 from privacy.accountants import canonical_name
 from privacy.distributed import NOISE_KINDS, quantized_l2_sensitivity
@@ -85,9 +91,9 @@ class PrivacyPolicy:
     require_hardened: bool = True
     min_clients: int = 5
     min_threshold: int = 4
-    colluding_fraction: float = 1.0 / 3.0
-    dropout_fraction: float = 0.1
-    security_bits: int = 40
+    colluding_fraction: float = DEFAULT_COLLUDING_FRACTION
+    dropout_fraction: float = DEFAULT_DROPOUT_FRACTION
+    security_bits: int = DEFAULT_SECURITY_BITS
     require_user_dp: bool = True
     user_epsilon: float = 8.0
     user_delta: float = 1e-5
@@ -215,57 +221,6 @@ def _fraction(policy: PrivacyPolicy, name: str) -> None:
 
 
 # -- secure aggregation ---------------------------------------------------------------------------
-
-
-def _hypergeometric_tail(population: int, marked: int, draws: int, at_least: int) -> float:
-    """P[X >= at_least] for X ~ Hypergeometric(population, marked, draws)."""
-    total = math.comb(population, draws)
-    return (
-        sum(
-            math.comb(marked, i) * math.comb(population - marked, draws - i)
-            for i in range(max(at_least, 0), min(marked, draws) + 1)
-        )
-        / total
-    )
-
-
-def degree_failure_bound(
-    n: int, degree: int, colluding_fraction: float, dropout_fraction: float, hardened: bool
-) -> float:
-    """A union bound on the chance that a SecAgg+ Harary graph over a random permutation fails.
-
-    Two failures expose an honest client (Bell et al. 2020, Sec. 3): (a) its neighbourhood holds
-    at least the neighbourhood threshold of colluders, who then hold shares of both its secrets;
-    (b) the honest survivors' graph splits, so the server learns a partial sum. A client's
-    ``k`` neighbours are a uniformly random ``k``-subset of the others (a hypergeometric tail,
-    union-bounded over the ``n`` clients). H(n, k) is a ring in which each position reaches
-    ``k/2`` on either side, so it splits only where two runs of ``k/2`` consecutive positions
-    are all colluding or dropped: at most ``C(n, 2)`` pairs of runs, each all-bad with
-    probability at most ``beta^k`` (drawing without replacement only lowers it).
-    """
-    bad_clients = math.floor(colluding_fraction * n)
-    group = degree + 1
-    t_nbr = max(default_threshold(group, hardened), 3)
-    isolate = n * _hypergeometric_tail(n - 1, bad_clients, degree, t_nbr)
-    beta = min(1.0, colluding_fraction + dropout_fraction)
-    split = math.comb(n, 2) * beta ** (2 * (degree // 2))
-    return isolate + split
-
-
-def min_secure_degree(
-    n: int,
-    colluding_fraction: float,
-    dropout_fraction: float,
-    security_bits: int,
-    hardened: bool = True,
-) -> int | None:
-    """The smallest even SecAgg+ degree whose :func:`degree_failure_bound` is ``<= 2^-sigma``;
-    ``None`` when only the full graph qualifies."""
-    target = 2.0 ** (-security_bits)
-    for k in range(2, n - 1, 2):
-        if degree_failure_bound(n, k, colluding_fraction, dropout_fraction, hardened) <= target:
-            return k
-    return None
 
 
 def check_secagg(policy: PrivacyPolicy, config: SecAggConfig) -> None:

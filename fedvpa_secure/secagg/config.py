@@ -17,6 +17,12 @@ from typing import Any
 
 from fedvpa_secure.errors import ConfigError
 from fedvpa_secure.secagg import quantize
+from fedvpa_secure.secagg.degree import (
+    DEFAULT_COLLUDING_FRACTION,
+    DEFAULT_DROPOUT_FRACTION,
+    DEFAULT_SECURITY_BITS,
+    min_secure_degree,
+)
 from fedvpa_secure.secagg.prg import ALGORITHMS
 
 CONFIG_LABEL = b"fedvpa-secagg/v1/config"
@@ -49,16 +55,18 @@ def default_threshold(n: int, hardened: bool) -> int:
     return (2 * n) // 3 + 1 if hardened else n // 2 + 1
 
 
-def default_degree(n: int) -> int:
-    """A conservative even SecAgg+ degree: ~10 log2(n), at least 40, at most ``n - 1``.
+def default_degree(n: int, hardened: bool = True) -> int:
+    """The smallest even SecAgg+ degree that meets Bell et al.'s bound for the default assumptions
+    (:mod:`~fedvpa_secure.secagg.degree`: a third colluding, 10% dropping out, 2^-40), or
+    ``n - 1`` (the full graph) when no smaller degree does.
 
-    Bell et al. 2020 show O(log n) neighbours suffice; the constant depends on the tolerated
-    corruption and dropout rates and the statistical security parameter. Set ``degree`` from their
-    bounds for your deployment; this default errs on the large side.
+    The same bound is what a client's default policy demands, so the default passes it. Set
+    ``degree`` explicitly for other assumptions.
     """
-    k = max(40, 2 * math.ceil(5 * math.log2(max(n, 2))))
-    k -= k % 2
-    return min(k, n - 1 - ((n - 1) % 2))
+    need = min_secure_degree(
+        n, DEFAULT_COLLUDING_FRACTION, DEFAULT_DROPOUT_FRACTION, DEFAULT_SECURITY_BITS, hardened
+    )
+    return n - 1 if need is None else need
 
 
 @dataclass(frozen=True)
@@ -177,7 +185,7 @@ class SecAggConfig:
             )
         degree = self.degree
         if degree is None and n > self.full_graph_cutoff:
-            degree = default_degree(n)
+            degree = default_degree(n, self.hardened)
         if degree is not None:
             if not _is_int(degree) or degree < 2 or degree % 2:
                 raise _bad("degree", degree, "must be an even int >= 2 (Harary graph H(n, k))")

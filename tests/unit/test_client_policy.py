@@ -13,12 +13,11 @@ from fedvpa_secure.client.policy import (
     PrivacyPolicy,
     check_secagg,
     check_user_dp,
-    degree_failure_bound,
-    min_secure_degree,
     record_dp_config,
 )
 from fedvpa_secure.errors import ConfigError
 from fedvpa_secure.secagg import SecAggConfig
+from fedvpa_secure.secagg.degree import degree_failure_bound, min_secure_degree
 from fedvpa_secure.train.dp_config import DPConfig, UserDPConfig
 from fedvpa_secure.train.secure_aggregation import user_dp_round_config
 from fedvpa_secure.transport.secure_update import secagg_config
@@ -194,3 +193,16 @@ def test_a_three_client_round_is_refused_because_two_colluders_unmask_the_third(
     victim = result.tensors["delta/w"] - updates[0]["delta/w"] - updates[1]["delta/w"]
     np.testing.assert_allclose(victim, updates[2]["delta/w"], atol=1e-5)  # ... and it leaks
     _refused("secagg.n_clients", check_secagg, SAFE, cfg)
+
+
+@pytest.mark.parametrize("n", [300, 1000, 5000])
+def test_the_servers_default_secagg_plus_config_passes_the_default_policy(n: int) -> None:
+    """Server and client size the degree with one bound, so an honest default round is taken;
+    the control is the degree the server used to pick (~10 log2 n), which the policy refuses."""
+    config = SecAggConfig(n_clients=n, hardened=True)
+    assert config.degree is not None and config.degree < n - 1  # SecAgg+, not the full graph
+    check_secagg(SAFE, config)
+    import math
+
+    old_rule = max(40, 2 * math.ceil(5 * math.log2(n)))
+    _refused("secagg.degree", check_secagg, SAFE, _graph(n, old_rule))
