@@ -208,11 +208,17 @@ def hundred_clients(tmp: Path, n: int, rounds: int, hosts: int, dim: int) -> tup
             "weight": ((1,), "<f8")}  # fmt: skip
     w = {"w": np.zeros(dim, np.float32)}
     done: list[int] = []
+
+    def apply(round_index: int, sums: dict, outcome: object) -> None:
+        # the model must move: clients refuse a second contribution to the same model hash
+        w["w"] = (w["w"] + sums["delta/w"] / float(sums["weight"][0])).astype(np.float32)
+        done.append(round_index)
+
     hooks = Hooks(
         global_state=lambda: dict(w),
         update_spec=lambda: dict(spec),
         tau=lambda r: 1.0,
-        apply_sums=lambda r, sums, outcome: done.append(r),
+        apply_sums=apply,
         persist_attempt=lambda r, a: None,
     )
     rounds_cfg = RoundSettings(
