@@ -42,6 +42,16 @@ HELP: dict[str, str] = {
 }
 
 
+def _version() -> str:
+    """The installed package's version (pyproject.toml is where it is defined)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("fedvpa-secure")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """Build the parser; with ``only`` set, import just that subcommand's module."""
     parser = argparse.ArgumentParser(
@@ -49,6 +59,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         description="Private, personalised reward models over a secure federation.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"fedvpa-secure {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name in SUBCOMMANDS.items():
         if only is not None and name != only:

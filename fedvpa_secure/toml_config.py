@@ -6,8 +6,9 @@ run folder can be moved or started from anywhere.
 
 from __future__ import annotations
 
+import difflib
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,3 +34,25 @@ def read_toml(path: str | Path, what: str) -> tuple[dict[str, Any], Callable[[ob
         return q if q.is_absolute() else base / q
 
     return raw, rel
+
+
+def check_keys(
+    table: Mapping[str, Any], known: Collection[str], where: str, hint: str = ""
+) -> None:
+    """Refuse a key ``where`` does not know, naming it and the closest known key.
+
+    A typo (``[round]`` for ``[rounds]``, ``run_idd``) must never leave a setting silently at its
+    default: for a privacy setting that would be a weaker run than the one the user wrote.
+    """
+    unknown = sorted(set(table) - set(known))
+    if not unknown:
+        return
+    guesses = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+        if close:
+            guesses.append(f"{key!r} -> did you mean {close[0]!r}?")
+    advice = f" ({'; '.join(guesses)})" if guesses else ""
+    raise ConfigError(
+        f"{where} has unknown key(s) {unknown}{advice}{hint}; known keys: {sorted(known)}"
+    )

@@ -39,6 +39,7 @@ from fedvpa_secure.secagg.degree import (
     DEFAULT_SECURITY_BITS,
     min_secure_degree,
 )
+from fedvpa_secure.toml_config import check_keys
 from privacy import DistributedNoiseEvent, PrivacyError, calibrate_noise_multiplier
 from privacy.accountants import canonical_name
 from privacy.distributed import NOISE_KINDS, quantized_l2_sensitivity
@@ -149,12 +150,7 @@ class PrivacyPolicy:
     @classmethod
     def from_table(cls, table: Mapping[str, Any]) -> PrivacyPolicy:
         """``client.toml``'s ``[policy]`` table; an unknown key is an error naming it."""
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(table) - set(known))
-        if unknown:
-            raise ConfigError(
-                f"client config [policy] has unknown key(s) {unknown}; known keys: {sorted(known)}"
-            )
+        check_keys(table, [f.name for f in fields(cls)], "client config [policy]")
         return cls(**dict(table))
 
     def describe(self) -> list[str]:

@@ -24,8 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from fedvpa_secure.client.policy import PrivacyPolicy
-from fedvpa_secure.errors import ConfigError
-from fedvpa_secure.toml_config import read_toml
+from fedvpa_secure.toml_config import check_keys, read_toml
 
 ROOT_KEYS = (
     "state_dir",
@@ -56,13 +55,10 @@ class ClientSettings:
 
 
 def _check_keys(table: dict[str, Any], known: tuple[str, ...], where: str) -> None:
-    unknown = sorted(set(table) - set(known))
-    if not unknown:
-        return
     hint = ""
-    if "dp" in unknown and where == "client config":
+    if "dp" in table and where == "client config":
         hint = " ([dp] moved into [policy]: record_epsilon, record_delta)"
-    raise ConfigError(f"{where} has unknown key(s) {unknown}{hint}; known keys: {list(known)}")
+    check_keys(table, known, where, hint)
 
 
 def load_client_settings(path: str | Path) -> ClientSettings:
@@ -71,6 +67,7 @@ def load_client_settings(path: str | Path) -> ClientSettings:
     _check_keys(raw, ROOT_KEYS, "client config")
     tls = raw.get("tls", {})
     _check_keys(tls, TLS_KEYS, "client config [tls]")
+    policy = PrivacyPolicy.from_table(raw.get("policy", {}))  # every key checked before any path
     defaults = ClientSettings(*(Path(".") for _ in range(6)))
     return ClientSettings(
         cert=rel(tls.get("cert"), "tls.cert"),
@@ -83,5 +80,5 @@ def load_client_settings(path: str | Path) -> ClientSettings:
         cache_dir=raw.get("cache_dir"),
         poll_wait_s=float(raw.get("poll_wait_s", defaults.poll_wait_s)),
         reconnect_s=float(raw.get("reconnect_s", defaults.reconnect_s)),
-        policy=PrivacyPolicy.from_table(raw.get("policy", {})),
+        policy=policy,
     )

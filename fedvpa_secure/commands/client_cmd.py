@@ -12,9 +12,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Connect with mTLS, train on this client's shard each round it is sampled "
         "for, and send only masked updates.",
     )
-    p.add_argument("--server", required=True, help="HOST:PORT")
-    p.add_argument("--client-id", required=True)
+    p.add_argument("--server", default=None, help="HOST:PORT (required unless --check)")
+    p.add_argument("--client-id", default=None, help="this client's id (required unless --check)")
     p.add_argument("--config", required=True, help="client.toml")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="validate client.toml and the files it names, print the privacy policy, exit",
+    )
     p.add_argument(
         "--data",
         default=None,
@@ -32,16 +37,23 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fedvpa_secure.client.settings import load_client_settings
+    from fedvpa_secure.errors import ConfigError
+
+    settings = load_client_settings(args.config)
+    if args.check:
+        return check(settings)
+    if not args.server or not args.client_id:
+        raise ConfigError("--server HOST:PORT and --client-id ID are required (unless --check)")
     import grpc
 
     from fedvpa_secure.client.runtime import FederatedClient
-    from fedvpa_secure.client.settings import load_client_settings
     from fedvpa_secure.errors import ProtocolError
 
     client = FederatedClient(
         args.server,
         args.client_id,
-        load_client_settings(args.config),
+        settings,
         data_dir=args.data,
         user_type=args.user_type,
         device=args.device,
@@ -52,3 +64,20 @@ def run(args: argparse.Namespace) -> int:
         raise ProtocolError(f"server {args.server}: {err.code().name}: {err.details()}") from err
     finally:
         client.close()
+
+
+def check(settings) -> int:
+    """Print the policy this client would enforce; 0 when every file it names exists, else 1."""
+    from fedvpa_secure.commands.config_check import report_files
+
+    print("client config is valid; its privacy policy:")
+    for line in settings.policy.describe():
+        print(f"  {line}")
+    files = {
+        "registry": settings.registry,
+        "tls.cert": settings.cert,
+        "tls.key": settings.key,
+        "tls.ca": settings.ca,
+        "tls.identity": settings.identity,
+    }
+    return report_files(files)

@@ -1,4 +1,4 @@
-"""``fedvpa-secure server --config server.toml [--resume]``: run the federation server."""
+"""``fedvpa-secure server --config server.toml [--resume | --check]``: run the federation server."""
 
 from __future__ import annotations
 
@@ -14,11 +14,39 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", required=True, help="server.toml")
     p.add_argument("--resume", action="store_true", help="continue from the last complete round")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="validate server.toml and the files it names, print the settings, exit (0: ready)",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from fedvpa_secure.server.serve import serve
     from fedvpa_secure.server.settings import load_server_settings
 
-    return serve(load_server_settings(args.config), resume=args.resume)
+    settings = load_server_settings(args.config)
+    if args.check:
+        return check(settings)
+    from fedvpa_secure.server.serve import serve
+
+    return serve(settings, resume=args.resume)
+
+
+def check(settings) -> int:
+    """Print what the server would run; 0 when every file it names exists, else 1."""
+    from fedvpa_secure.commands.config_check import report_files
+
+    r, dp = settings.rounds, settings.dp
+    print("server config is valid:")
+    print(f"  {r.rounds} rounds of {r.clients_per_round} clients, min survivors {r.min_survivors}")
+    print(f"  secure aggregation: {r.secure}, hardened: {r.hardened}")
+    level = f"epsilon {dp.target_epsilon:g}" if dp.user_level else "off"
+    print(f"  user-level DP: {level}; method {settings.experiment.method}")
+    files = {
+        "registry": settings.registry,
+        "tls.cert": settings.tls.cert,
+        "tls.key": settings.tls.key,
+        "tls.ca": settings.tls.ca,
+    }
+    return report_files(files)

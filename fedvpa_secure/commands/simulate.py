@@ -326,15 +326,33 @@ def _cli() -> list[str]:
     return [sys.executable, "-m", "fedvpa_secure.cli"]
 
 
-def _wait_address(path: Path, proc: subprocess.Popen, timeout: float) -> str:
+def last_error_line(log: Path) -> str:
+    """The child's own error line (``fedvpa-secure X: error: ...`` or the last ERROR/Error line),
+    so that a failure is reported where the user looks, not only inside ``OUT/logs``."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    for line in reversed(lines):
+        if ": error: " in line or " ERROR " in line or line.startswith(("Error", "error")):
+            return line.strip()[:500]
+    return ""
+
+
+def _wait_address(path: Path, proc: subprocess.Popen, timeout: float, log: Path) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if path.exists() and path.read_text().strip():
             return path.read_text().strip()
         if proc.poll() is not None:
-            raise FedVPAError(f"the server exited early with status {proc.returncode}")
+            reason = last_error_line(log)
+            raise FedVPAError(
+                f"the server exited early with status {proc.returncode}"
+                + (f": {reason}" if reason else "")
+                + f" (log: {log})"
+            )
         time.sleep(0.2)
-    raise FedVPAError("the server did not start in time")
+    raise FedVPAError(f"the server did not start in time (log: {log})")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -357,7 +375,7 @@ def run(args: argparse.Namespace) -> int:
     )
     procs.append(server)
     try:
-        address = _wait_address(addr_file, server, 300.0)
+        address = _wait_address(addr_file, server, 300.0, logs / "server.log")
         for cid in ids:
             procs.append(
                 subprocess.Popen(
@@ -404,8 +422,11 @@ def run(args: argparse.Namespace) -> int:
                 p.kill()
                 p.wait()
     if server.returncode != 0:
+        reason = last_error_line(logs / "server.log")
         print(
-            f"server failed (status {server.returncode}); see {logs / 'server.log'}",
+            f"server failed (status {server.returncode})"
+            + (f": {reason}" if reason else "")
+            + f"; see {logs / 'server.log'}",
             file=sys.stderr,
         )
         return 1

@@ -50,7 +50,7 @@ from typing import Any
 
 from fedvpa_secure.config import ExperimentConfig
 from fedvpa_secure.errors import ConfigError
-from fedvpa_secure.toml_config import read_toml
+from fedvpa_secure.toml_config import check_keys, read_toml
 
 MIB = 1024 * 1024
 
@@ -67,10 +67,7 @@ def _dataclass_in(hint: object) -> type | None:
 
 def _dataclass_from_dict(cls: type, data: Mapping[str, Any], where: str) -> Any:
     hints = typing.get_type_hints(cls)
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(data) - set(known)
-    if unknown:
-        raise ConfigError(f"{where}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
+    check_keys(data, [f.name for f in dataclasses.fields(cls)], f"[{where}]")
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
         hint = _dataclass_in(hints.get(name))
@@ -315,11 +312,29 @@ class ServerSettings:
         return self.max_message_mb * MIB
 
 
+SERVER_TOML_KEYS = (
+    "address",
+    "run_dir",
+    "registry",
+    "tls",
+    "rounds",
+    "dp",
+    "quantization",
+    "limits",
+    "experiment",
+    "checkpoint_dir",
+    "max_message_mb",
+    "run_id",
+)
+"""Every top-level key of ``server.toml`` (:func:`load_server_settings` reads each)."""
+
+
 def load_server_settings(path: str | Path) -> ServerSettings:
     """Read and validate ``server.toml`` (relative paths are relative to the file)."""
     raw, rel = read_toml(path, "server config")
-
+    check_keys(raw, SERVER_TOML_KEYS, f"server config {str(path)!r}")
     tls = raw.get("tls", {})
+    check_keys(tls, ("cert", "key", "ca"), "server config [tls]")
     return ServerSettings(
         address=str(raw.get("address", "127.0.0.1:50051")),
         run_dir=rel(raw.get("run_dir", "run"), "run_dir"),

@@ -36,7 +36,11 @@ def test_settings_resolve_paths_and_nested_experiment(tmp_path: Path) -> None:
     [
         ("[rounds]\nmin_survivors = 2\n", "min_survivors"),
         ("[rounds]\nclients_per_round = 3\nmin_survivors = 4\n", "clients_per_round"),
-        ("[rounds]\nbogus = 1\n", "unknown keys"),
+        ("[rounds]\nbogus = 1\n", "unknown key"),
+        # a top-level typo used to leave the whole table at its defaults, silently
+        ("[round]\nclients_per_round = 4\n", "'round' -> did you mean 'rounds'"),
+        ("[limits]\nstream_deadline = 5\n", "did you mean 'stream_deadline_s'"),
+        ("certs = 'x'\n", r"server config \[tls\] has unknown key"),  # BASE ends in [tls]
         ("[experiment]\nmethod = 'nope'\n", "method"),
         (
             "[experiment]\nmethod = 'fedvpl'\n[experiment.model]\nposterior = 'likelihood'\n",
@@ -63,3 +67,12 @@ def test_checkpoint_round_trip_and_state(tmp_path: Path) -> None:
     assert not [p for p in store.root.iterdir() if p.name.startswith(".")], "temp dirs left"
     store.save_state(RunState(completed_rounds=1, next_attempt=2, latest=name))
     assert store.load_state().next_attempt == 2
+
+
+def test_a_top_level_typo_is_named_with_the_key_it_resembles(tmp_path: Path) -> None:
+    path = tmp_path / "server.toml"
+    path.write_text('run_idd = "r1"\n' + BASE)
+    with pytest.raises(ConfigError, match="'run_idd' -> did you mean 'run_id'"):
+        load_server_settings(path)
+    path.write_text('run_id = "r1"\n' + BASE)  # control: the key spelled right is taken
+    assert load_server_settings(path).run_id == "r1"

@@ -105,7 +105,7 @@ def test_server_toml_refuses_user_dp_without_secure_aggregation(tmp_path: Path) 
         load_server_settings(_write_toml(tmp_path, "target_epsilon = 4.0", "secure = false"))
     with pytest.raises(ConfigError, match=r"dp\.min_survivors=5 is invalid"):
         load_server_settings(_write_toml(tmp_path, "target_epsilon = 4.0\nmin_survivors = 5"))
-    with pytest.raises(ConfigError, match="unknown keys"):
+    with pytest.raises(ConfigError, match="unknown key"):
         load_server_settings(_write_toml(tmp_path, "target_epsilon = 4.0\nsigma = 1.0"))
 
 
