@@ -66,7 +66,38 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             sub.add_parser(name, help=HELP.get(name, ""))
             continue
         importlib.import_module(module_name).register(sub)
+    _show_defaults(parser)
     return parser
+
+
+class DefaultsShown(argparse.HelpFormatter):
+    """Appends ``(default: X)`` to a flag's help where X says something: not for required
+    flags, switches, ``None`` (the help text says what happens then) or help that names it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "%(default)" in text
+            or not action.option_strings
+            or action.required
+            or default is None
+            or default is argparse.SUPPRESS
+            or isinstance(default, bool)
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Every subcommand's ``--help`` shows each flag's default (record-level DP is on by default,
+    and a user should see that before running, not after)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                if child.formatter_class is argparse.HelpFormatter:
+                    child.formatter_class = DefaultsShown
+                _show_defaults(child)
 
 
 def _requested_subcommand(argv: Sequence[str]) -> str | None:

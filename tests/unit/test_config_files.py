@@ -92,3 +92,14 @@ def test_version(capsys) -> None:
         cli_main(["--version"])
     assert info.value.code == 0
     assert capsys.readouterr().out.startswith("fedvpa-secure 0.")
+
+
+def test_help_shows_the_defaults_a_user_should_see(capsys) -> None:
+    with pytest.raises(SystemExit):
+        cli_main(["simulate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert (
+        "record-level DP-SGD target epsilon per client over the run (0: no DP) (default: 8.0)"
+        in (text)
+    )
+    assert "(default: None)" not in text and "(default: False)" not in text
