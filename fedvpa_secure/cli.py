@@ -27,6 +27,8 @@ SUBCOMMANDS: dict[str, str] = {
     "client": "fedvpa_secure.commands.client_cmd",
     "simulate": "fedvpa_secure.commands.simulate",
     "split": "fedvpa_secure.commands.split_cmd",
+    "score": "fedvpa_secure.commands.score_cmd",
+    "label": "fedvpa_secure.commands.label_cmd",
 }
 
 HELP: dict[str, str] = {
@@ -39,6 +41,8 @@ HELP: dict[str, str] = {
     "client": "run one federation client process",
     "simulate": "certs + server + N client processes on loopback, then a report",
     "split": "split an HH-RLHF folder into training and --eval-data folders",
+    "score": "rewards for responses from a trained model, for a user or a type",
+    "label": "a per-user or per-type DPO dataset (prompt, chosen, rejected) from a trained model",
 }
 
 

@@ -438,4 +438,9 @@ def run(args: argparse.Namespace) -> int:
         f"done in {time.monotonic() - started:.0f}s: {report['completed_rounds']} rounds, "
         f"eval accuracy {acc}{privacy}; report: {out / 'report.json'}"
     )
+    if (out / "model.safetensors").is_file():
+        print(
+            f"the trained model: RewardModel.from_pretrained({str(out)!r}), or "
+            f"`fedvpa-secure score {out} --prototype 0 --input IN --out OUT`"
+        )
     return 0

@@ -28,6 +28,7 @@ from fedvpa_secure.server.coordinator import Coordinator, Hooks, RoundOutcome, o
 from fedvpa_secure.server.learner import ServerLearner, checked_sums, state_arrays
 from fedvpa_secure.server.servicer import FederationServicer
 from fedvpa_secure.server.settings import LimitSettings, ServerSettings
+from fedvpa_secure.train.model_io import MODEL_FILE, save_global_model
 from fedvpa_secure.transport import serde, tls
 from fedvpa_secure.transport.pki import load_registry
 
@@ -199,6 +200,8 @@ class ServerRun:
                 f"{cfg.method} (secure federation)",
             ).name
         report["plots"] = plots
+        if self.state.completed_rounds:  # the product: what RewardModel.from_pretrained loads
+            save_global_model(self.learner.model, self.run_dir / MODEL_FILE)
         write_json_atomic(self.run_dir / "report.json", report)
         return report
 

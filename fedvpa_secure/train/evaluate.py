@@ -200,7 +200,16 @@ def _switching(model, episodes, reference, batches, type_labels, user_types, dev
         per_type[user_types[t]] = _accuracy(pred[known] == (type_labels[known, t] == 1))
         flips.append(pred)
     flip_rate = float(np.mean(flips[0] != flips[1])) if n_types >= 2 else float("nan")
-    return {"per_type": per_type, "prediction_flip_rate": flip_rate, "type_vector": how}
+    out = {"per_type": per_type, "prediction_flip_rate": flip_rate, "type_vector": how}
+    if conds is not None:  # what a published model scores "as a type" with (RewardModel)
+        out["type_vectors"] = {user_types[t]: conds[t].cpu().tolist() for t in range(n_types)}
+        if model.prototypes is not None and how.startswith("prototype"):
+            protos = model.prototypes.detach().cpu()
+            out["type_prototypes"] = {
+                user_types[t]: int((protos - conds[t].cpu()).norm(dim=-1).argmin())
+                for t in range(n_types)
+            }
+    return out
 
 
 @torch.no_grad()

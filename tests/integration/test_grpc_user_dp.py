@@ -264,3 +264,15 @@ def test_simulate_with_user_dp_records_every_round_and_audits(
     # CONTROL: the same federation without DP gives the plain-sum model; this one does not
     with pytest.raises(AssertionError):
         _assert_equals_in_process(out, ["c000", "c001", "c002"], rounds=2)
+    # the published model is the product: it loads, scores, and its card states this guarantee
+    from fedvpa_secure import RewardModel
+
+    model = RewardModel.from_pretrained(out, device="cpu")
+    rewards = model.score(["Human: hi"], ["Hello."], prototype=0)
+    assert rewards.shape == (1,) and np.isfinite(rewards).all()
+    saved = model.save_pretrained(tmp_path / "published")
+    card = json.loads((saved / "model_card.json").read_text())
+    assert card["privacy"]["user_level"]["epsilon"] == pytest.approx(user_level["epsilon"])
+    assert card["audit"]["passed"] is True and card["audit"]["ledgers"] >= 4
+    readme = (saved / "README.md").read_text()
+    assert f"epsilon {user_level['epsilon']:.4g}" in readme and "passed" in readme

@@ -1,0 +1,203 @@
+"""The published model as a product: RewardModel load/personalise/score/save and the CLI.
+
+A small real run (synthetic protocol, the real MiniLM backbone, FedVPA-GP with the likelihood
+posterior) is published once per module; every check compares the product API with the code
+path training and evaluation use, so a wiring mistake in the product shows up as a mismatch.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fedvpa_secure import RewardModel
+from fedvpa_secure.cli import main as cli_main
+from fedvpa_secure.config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig
+from fedvpa_secure.data import build_federated_data
+from fedvpa_secure.errors import ConfigError, DataError
+from fedvpa_secure.reward_model import ContextPair, Profile
+from fedvpa_secure.train.experiment import run_experiment
+from fedvpa_secure.train.tensors import frozen_client_tensors, make_batch
+
+REPO = Path(__file__).resolve().parents[2]
+CACHE = str(REPO / ".cache" / "embeddings")
+CONTEXT = 8
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory):
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("run")
+    cfg = ExperimentConfig(
+        device="cpu",
+        cache_dir=CACHE,
+        train=TrainConfig(rounds=3, local_steps=3, context_size=8, query_size=4),
+        data=DataConfig(
+            n_clients=4, n_eval_clients=4, pairs_per_client=16, eval_pairs_per_client=16
+        ),
+        model=replace(ModelConfig(), posterior="likelihood", head="linear"),
+    )
+    data = build_federated_data(
+        "synthetic", None, n_clients=4, pairs_per_client=16, n_eval_clients=4, seed=0
+    )
+    run_experiment(cfg, data, out)
+    return out, data
+
+
+@pytest.fixture(scope="module")
+def model(run) -> RewardModel:
+    return RewardModel.from_pretrained(run[0], device="cpu")
+
+
+def _user(data, index: int = 0):
+    client = data.eval_clients[index]
+    pairs = client.pairs
+    context = [
+        ContextPair(
+            p.prompt,
+            p.response_a if p.preferred == 0 else p.response_b,
+            p.response_b if p.preferred == 0 else p.response_a,
+        )
+        for p in pairs[:CONTEXT]
+    ]
+    return client, context
+
+
+def _training_batch(model: RewardModel, client, user_types):
+    """The same user through the training/evaluation path: ClientTensors -> make_batch."""
+    (tensors,) = frozen_client_tensors(
+        [client], user_types, lambda texts: model.embedder.embed(texts).float().numpy()
+    )
+    n = tensors.n_pairs
+    return make_batch([(tensors, list(range(CONTEXT)), list(range(CONTEXT, n)))])
+
+
+def test_the_profile_is_the_training_paths_posterior(model: RewardModel, run) -> None:
+    client, context = _user(run[1])
+    profile = model.personalize(context)
+    batch = _training_batch(model, client, model.user_types)
+    with torch.no_grad():
+        z, resp = model.model.context_responsibilities(batch)
+    np.testing.assert_allclose(profile.z, z[0].numpy(), atol=1e-4)
+    np.testing.assert_allclose(profile.responsibilities, resp[0].numpy(), atol=1e-4)
+    assert profile.context_pairs == CONTEXT
+    assert profile.type_probabilities is not None
+    assert abs(sum(profile.type_probabilities.values()) - 1.0) < 1e-6
+    assert set(profile.type_probabilities) <= set(model.user_types)
+
+
+def test_prefer_is_the_training_paths_bradley_terry_probability(model: RewardModel, run) -> None:
+    client, context = _user(run[1])
+    profile = model.personalize(context)
+    query = client.pairs[CONTEXT:]
+    probs = model.prefer(
+        [p.prompt for p in query],
+        [p.response_a for p in query],
+        [p.response_b for p in query],
+        profile=profile,
+    )
+    batch = _training_batch(model, client, model.user_types)
+    with torch.no_grad():
+        logits = model.model.query_logits(batch, torch.tensor([profile.z]))
+    expected = torch.sigmoid(logits[0][batch.query_mask[0]]).numpy()
+    np.testing.assert_allclose(probs, expected, atol=1e-4)
+    # control: another condition gives other probabilities, so the profile is what is used
+    shifted = Profile(tuple(v + 1.0 for v in profile.z), None, None, CONTEXT)
+    moved = model.prefer(
+        [p.prompt for p in query],
+        [p.response_a for p in query],
+        [p.response_b for p in query],
+        profile=shifted,
+    )
+    assert not np.allclose(moved, probs, atol=1e-4)
+
+
+def test_scores_by_type_by_prototype_and_the_trl_reward_function(model: RewardModel) -> None:
+    prompts = ["Human: how do I bake bread?", "Human: tell me a joke"]
+    responses = ["Mix flour, water, yeast and salt.", "I would rather not."]
+    named = model.report["switching_accuracy"]["type_prototypes"]
+    for user_type, k in named.items():
+        by_type = model.score(prompts, responses, user_type=user_type)
+        np.testing.assert_allclose(by_type, model.score(prompts, responses, prototype=k))
+    reward = model.reward_function(prototype=0)
+    got = reward(prompts=prompts, completions=responses)
+    assert isinstance(got, list) and all(isinstance(v, float) for v in got)
+    np.testing.assert_allclose(got, model.score(prompts, responses, prototype=0), rtol=1e-6)
+    chat = [[{"role": "assistant", "content": r}] for r in responses]
+    np.testing.assert_allclose(reward(prompts=prompts, completions=chat), got, rtol=1e-6)
+
+
+def test_save_and_load_round_trip_with_its_model_card(model: RewardModel, tmp_path: Path) -> None:
+    saved = model.save_pretrained(tmp_path / "saved")
+    for name in ("model.safetensors", "prior.safetensors", "config.json", "README.md"):
+        assert (saved / name).is_file(), name
+    card = json.loads((saved / "model_card.json").read_text())
+    assert card["method"] == "fedvpa-gp" and card["backbone"] == model.config.model.backbone
+    assert card["accuracy_on_unseen_users"]["overall"] is not None
+    readme = (saved / "README.md").read_text()
+    assert "## Privacy" in readme and "user level: none" in readme  # this run had no user DP
+    again = RewardModel.from_pretrained(saved, device="cpu")
+    prompts, responses = ["Human: hi"], ["Hello! How can I help?"]
+    np.testing.assert_allclose(
+        again.score(prompts, responses, prototype=1), model.score(prompts, responses, prototype=1)
+    )
+
+
+def test_clear_errors(model: RewardModel, tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"report\.json does not exist"):
+        RewardModel.from_pretrained(tmp_path)
+    with pytest.raises(ConfigError, match="is personalised"):
+        model.score(["p"], ["r"])
+    with pytest.raises(ConfigError, match="not several"):
+        model.score(["p"], ["r"], prototype=0, user_type="x")
+    with pytest.raises(ConfigError, match="unknown to this model"):
+        model.score(["p"], ["r"], user_type="nobody")
+    with pytest.raises(DataError, match="at least one"):
+        model.personalize([])
+    profile = Profile((0.0,) * model.model.latent_dim, None, None, 1)
+    assert Profile.from_json(profile.to_json()) == profile
+
+
+def test_score_and_label_cli(run, model: RewardModel, tmp_path: Path, capsys) -> None:
+    _, context = _user(run[1])
+    ctx = tmp_path / "me.jsonl"
+    ctx.write_text(
+        "".join(
+            json.dumps({"prompt": c.prompt, "chosen": c.chosen, "rejected": c.rejected}) + "\n"
+            for c in context
+        )
+    )
+    pool = tmp_path / "pool.jsonl"
+    rows = [
+        {"prompt": "Human: how do I bake bread?", "responses": ["Knead it.", "No idea."]},
+        {"prompt": "Human: what is 2+2?", "responses": ["5", "4"]},
+    ]
+    pool.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "scores.jsonl"
+    argv = ["score", str(run[0]), "--context", str(ctx), "--input", str(pool), "--out", str(out)]
+    argv += ["--profile-out", str(tmp_path / "profile.json"), "--device", "cpu"]
+    assert cli_main(argv) == 0
+    profile = Profile.from_json((tmp_path / "profile.json").read_text())
+    scored = [json.loads(line) for line in out.read_text().splitlines()]
+    for row, line in zip(rows, scored, strict=True):
+        expected = model.score([row["prompt"]] * 2, row["responses"], profile=profile)
+        np.testing.assert_allclose(line["rewards"], expected, rtol=1e-5)
+    dpo = tmp_path / "dpo.jsonl"
+    argv = ["label", str(run[0]), "--prototype", "0", "--pairs", str(pool), "--out", str(dpo)]
+    assert cli_main([*argv, "--device", "cpu"]) == 0
+    labelled = [json.loads(line) for line in dpo.read_text().splitlines()]
+    for row, line in zip(rows, labelled, strict=True):
+        assert set(line) == {"prompt", "chosen", "rejected"}
+        a, b = row["responses"]
+        p = model.prefer([row["prompt"]], [a], [b], prototype=0)[0]
+        assert (line["chosen"], line["rejected"]) == ((a, b) if p >= 0.5 else (b, a))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "x", "responses": ["only one"]}\n')
+    assert cli_main(["label", str(run[0]), "--prototype", "0", "--pairs", str(bad), "--out",
+                     str(tmp_path / "x.jsonl")]) == 2  # fmt: skip
+    assert "exactly two responses" in capsys.readouterr().err
