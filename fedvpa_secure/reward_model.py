@@ -187,10 +187,23 @@ class RewardModel:
         if self.source is None or not find_ledgers(self.source):
             return self.report.get("audit")
         result = audit_path(self.source)
+        by_unit: dict[str, dict[str, Any]] = {}
+        for ledger in result.ledgers:
+            g = ledger.genesis
+            if g is None:
+                continue
+            spent = ledger.rows[-1].entry.epsilon_after if ledger.rows else 0.0
+            unit = by_unit.setdefault(
+                g.unit, {"max_epsilon": 0.0, "delta": g.delta, "accountant": g.accountant}
+            )
+            unit["max_epsilon"] = max(unit["max_epsilon"], float(spent))
+            unit["delta"] = max(unit["delta"], g.delta)
+            unit.setdefault("actors", []).append(g.actor)
         return {
             "passed": result.ok,
             "ledgers": len(result.ledgers),
             "findings": [str(f) for f in result.findings[:10]],
+            "epsilon_by_unit": by_unit,
         }
 
     # -- personalisation ------------------------------------------------------------------------
@@ -433,8 +446,8 @@ def render_card(card: dict[str, Any]) -> str:
         f"# {card['method']} personalised reward model",
         "",
         f"- backbone: `{card['backbone']}` ({card['mode']} mode, {card['head']} head)",
-        f"- data: {_fmt(card['data'])} (protocol {_fmt(card['protocol'])}); user types "
-        f"{', '.join(card['user_types'] or [])}",
+        f"- data: {_fmt(card['data'])}",
+        f"- protocol {_fmt(card['protocol'])}, user types {', '.join(card['user_types'] or [])}",
         f"- rounds: {_fmt(card['rounds'])}; secure aggregation: {_fmt(card['secure_aggregation'])}",
         f"- accuracy on unseen users: overall {_fmt(acc.get('overall'))}, conflicting pairs "
         f"{_fmt(acc.get('conflicting'))}, agreeing {_fmt(acc.get('agreeing'))} "
@@ -454,11 +467,19 @@ def render_card(card: dict[str, Any]) -> str:
         )
     else:
         lines.append("- user level: none (no user-level noise was added)")
+    audit = card.get("audit") or {}
+    ledger_record = (audit.get("epsilon_by_unit") or {}).get("record")
     if record:
         lines.append(f"- record level (one preference pair of one client): {json.dumps(record)}")
+    elif ledger_record:
+        lines.append(
+            "- record level (one preference pair of one client), from "
+            f"{len(ledger_record['actors'])} client ledgers: epsilon <= "
+            f"{_fmt(ledger_record['max_epsilon'])}, delta {_fmt(ledger_record['delta'])}, "
+            f"accountant {ledger_record['accountant']}"
+        )
     else:
-        lines.append("- record level: none recorded in the report")
-    audit = card.get("audit")
+        lines.append("- record level: none (no DP-SGD ledger in the run)")
     if audit:
         verdict = "passed" if audit.get("passed") else "FAILED"
         lines.append(f"- ledger audit ({audit.get('ledgers')} ledgers re-verified): {verdict}")
