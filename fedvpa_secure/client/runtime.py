@@ -174,14 +174,14 @@ class FederatedClient:
                 delay = min(2.0, delay * 1.5)
 
     def join(self) -> None:
+        policy = self.settings.policy
+        for line in policy.describe():  # before anything is sent: what this client accepts
+            log.info("client %s policy: %s", self.client_id, line)
         resp = self._call(
             self.stub.Join,
             pb.JoinRequest(client_id=self.client_id, protocol_version=PROTOCOL_VERSION),
             timeout=10.0,
         )
-        policy = self.settings.policy
-        for line in policy.describe():
-            log.info("client %s policy: %s", self.client_id, line)
         if not resp.secure and not policy.allow_plain:
             raise PolicyViolation("secure", False, "true: this client never uploads unmasked")
         cfg = experiment_from_dict(json.loads(resp.experiment_json))
