@@ -42,6 +42,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", default="fedvpa-gp")
     p.add_argument("--backbone", default="all-MiniLM-L6-v2")
     p.add_argument("--max-length", type=int, default=128)
+    p.add_argument(
+        "--mode",
+        choices=("frozen", "lora"),
+        default="frozen",
+        help="frozen: cached backbone embeddings; lora: train LoRA adapters of the backbone",
+    )
     # left out: the learner's dataclass defaults (the encoder posterior, the MLP head, no gate)
     p.add_argument(
         "--posterior",
@@ -151,7 +157,7 @@ def prepare_run(args: argparse.Namespace) -> tuple[Path, list[str], dict[str, Pa
         "cache_dir": str(Path(args.cache_dir).resolve()),
         "model": {
             "backbone": args.backbone,
-            "mode": "frozen",
+            "mode": getattr(args, "mode", "frozen"),
             "max_length": args.max_length,
             **_given_model_fields(args),
         },
