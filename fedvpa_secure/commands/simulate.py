@@ -17,6 +17,13 @@ import sys
 import time
 from pathlib import Path
 
+from fedvpa_secure.commands.argtypes import (
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    probability,
+)
 from fedvpa_secure.config import HEADS, POSTERIORS, PROTOCOLS
 from fedvpa_secure.errors import ConfigError, FedVPAError
 
@@ -33,15 +40,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument(
-        "--clients", type=int, default=5, help="client processes (the default policy needs >= 5)"
+        "--clients",
+        type=positive_int,
+        default=5,
+        help="client processes (the default policy needs >= 5)",
     )
-    p.add_argument("--clients-per-round", type=int, default=0, help="0: every client")
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--clients-per-round", type=non_negative_int, default=0, help="0: every client")
+    p.add_argument("--rounds", type=positive_int, default=5)
     p.add_argument("--protocol", choices=PROTOCOLS, default="synthetic")
     p.add_argument("--data", default=None, help="HH-RLHF folder (p1/p2/p3)")
     p.add_argument("--method", default="fedvpa-gp")
     p.add_argument("--backbone", default="all-MiniLM-L6-v2")
-    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--max-length", type=positive_int, default=128)
     p.add_argument(
         "--mode",
         choices=("frozen", "lora"),
@@ -63,44 +73,48 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="route each pair by its prompt's domain (HH-RLHF protocols)",
     )
-    p.add_argument("--pairs-per-client", type=int, default=48)
-    p.add_argument("--eval-clients", type=int, default=6)
-    p.add_argument("--local-steps", type=int, default=5)
+    p.add_argument("--pairs-per-client", type=positive_int, default=48)
+    p.add_argument("--eval-clients", type=positive_int, default=6)
+    p.add_argument("--local-steps", type=positive_int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--server-optimizer", choices=("avg", "adam"), default=None)
     p.add_argument("--plain", action="store_true", help="no secure aggregation (baseline only)")
     p.add_argument(
         "--dp-epsilon",
-        type=float,
+        type=non_negative_float,
         default=8.0,
         help="record-level DP-SGD target epsilon per client over the run (0: no DP)",
     )
-    p.add_argument("--dp-delta", type=float, default=1e-5)
+    p.add_argument("--dp-delta", type=probability, default=1e-5)
     g = p.add_argument_group(
         "user-level DP (distributed noise under secure aggregation; the server's ledger)"
     )
     g.add_argument(
         "--user-dp-epsilon",
-        type=float,
+        type=non_negative_float,
         default=None,
         help=f"user-level target epsilon over the run, towards the server (default "
         f"{DEFAULT_USER_EPSILON:g}, 0 with --plain; 0: off, which the "
         "clients' policy then has to allow); each client clips its whole update and adds an "
         "integer noise share before masking",
     )
-    g.add_argument("--user-dp-clip", type=float, default=1.0, help="whole-update clip norm S")
+    g.add_argument(
+        "--user-dp-clip", type=positive_float, default=1.0, help="whole-update clip norm S"
+    )
     g.add_argument(
         "--user-dp-noise", choices=("discrete_gaussian", "skellam"), default="discrete_gaussian"
     )
     g.add_argument(
         "--user-dp-min-survivors",
-        type=int,
+        type=positive_int,
         default=None,
         help="t_min the noise is calibrated to; a round with fewer survivors aborts (default: "
         "the clients' policy floor, 4, or the clients per round when fewer)",
     )
-    p.add_argument("--stage-deadline", type=float, default=30.0)
-    p.add_argument("--timeout", type=float, default=3600.0, help="give up after this many seconds")
+    p.add_argument("--stage-deadline", type=positive_float, default=30.0)
+    p.add_argument(
+        "--timeout", type=positive_float, default=3600.0, help="give up after this many seconds"
+    )
     p.add_argument("--cache-dir", default=".cache/embeddings")
     p.set_defaults(func=run)
 
@@ -345,7 +359,7 @@ def last_error_line(log: Path) -> str:
     return ""
 
 
-def _wait_address(path: Path, proc: subprocess.Popen, timeout: float, log: Path) -> str:
+def wait_address(path: Path, proc: subprocess.Popen, timeout: float, log: Path) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if path.exists() and path.read_text().strip():
@@ -381,7 +395,7 @@ def run(args: argparse.Namespace) -> int:
     )
     procs.append(server)
     try:
-        address = _wait_address(addr_file, server, 300.0, logs / "server.log")
+        address = wait_address(addr_file, server, 300.0, logs / "server.log")
         for cid in ids:
             procs.append(
                 subprocess.Popen(
