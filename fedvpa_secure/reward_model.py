@@ -29,6 +29,7 @@ from fedvpa_secure.data.types import join_prompt_response
 from fedvpa_secure.errors import ConfigError, DataError
 from fedvpa_secure.model.backbone import Backbone, pick_device
 from fedvpa_secure.model.preference_model import EpisodeBatch, PreferenceModel
+from fedvpa_secure.model.prior import responsibilities
 from fedvpa_secure.train.model_io import MODEL_FILE, load_global_model, save_global_model
 
 REPORT_FILE = "report.json"
@@ -48,7 +49,8 @@ class Profile:
     Attributes:
         z: the posterior mean of the latent (the decoder's condition).
         responsibilities: probability of each prior prototype (likelihood posterior only).
-        type_probabilities: user type -> probability, where the run named a prototype per type.
+        type_probabilities: user type -> probability, where the run named a distinct prototype
+            per type (from its evaluation users); ``None`` otherwise.
         context_pairs: how many pairs it was inferred from.
     """
 
@@ -120,7 +122,15 @@ class RewardModel:
         raw_config = report.get("config")
         if not isinstance(raw_config, dict):
             raise DataError(f"{folder / REPORT_FILE} holds no run config; is this a run folder?")
-        config = experiment_from_dict(raw_config)
+        if not (folder / MODEL_FILE).is_file():
+            raise DataError(
+                f"{folder / MODEL_FILE} does not exist: the run did not publish its model (it "
+                "stopped before a round completed, or predates publishing)"
+            )
+        try:
+            config = experiment_from_dict(raw_config)
+        except ConfigError as err:
+            raise DataError(f"{folder / REPORT_FILE}: its run config is invalid: {err}") from err
         user_types = report.get("user_types") or []
         torch_device = pick_device(device)
         backbone = Backbone(config.model.backbone, config.model.max_length).to(torch_device)
@@ -190,15 +200,20 @@ class RewardModel:
         by_unit: dict[str, dict[str, Any]] = {}
         for ledger in result.ledgers:
             g = ledger.genesis
-            if g is None:
+            if g is None or not ledger.rows:  # a genesis alone: nothing was ever released
                 continue
-            spent = ledger.rows[-1].entry.epsilon_after if ledger.rows else 0.0
-            unit = by_unit.setdefault(
-                g.unit, {"max_epsilon": 0.0, "delta": g.delta, "accountant": g.accountant}
+            last = ledger.rows[-1]
+            spent = max(last.entry.epsilon_after, last.epsilon_recomputed)
+            who = "server" if g.actor == "server" else "clients"
+            group = by_unit.setdefault(
+                f"{g.unit}/{who}",
+                {"max_epsilon": 0.0, "delta": g.delta, "accountants": [], "actors": []},
             )
-            unit["max_epsilon"] = max(unit["max_epsilon"], float(spent))
-            unit["delta"] = max(unit["delta"], g.delta)
-            unit.setdefault("actors", []).append(g.actor)
+            group["max_epsilon"] = max(group["max_epsilon"], float(spent))
+            group["delta"] = max(group["delta"], g.delta)
+            if g.accountant not in group["accountants"]:
+                group["accountants"].append(g.accountant)
+            group["actors"].append(g.actor)
         return {
             "passed": result.ok,
             "ledgers": len(result.ledgers),
@@ -231,6 +246,12 @@ class RewardModel:
             resp = r[0].cpu()
         else:
             z, _ = self.model.encode(batch)
+            if self.model.prototypes is not None:  # the prior's responsibilities, as evaluation
+                protos = self.model.prototypes.detach()
+                k = protos.shape[0]
+                log_pi = getattr(self.model, "log_pi", torch.zeros(k, device=self.device))
+                var = getattr(self.model, "prior_var", torch.ones(k, device=self.device))
+                resp = responsibilities(z, protos, log_pi, var)[0].cpu()
         return Profile(
             z=tuple(float(v) for v in z[0].cpu()),
             responsibilities=None if resp is None else tuple(float(v) for v in resp),
@@ -241,8 +262,8 @@ class RewardModel:
     def _type_probabilities(self, resp: torch.Tensor | None) -> dict[str, float] | None:
         """Each type's share of the responsibility of the prototype the run named for it."""
         named = (self.report.get("switching_accuracy") or {}).get("type_prototypes")
-        if resp is None or not named:
-            return None
+        if resp is None or not named or len(set(named.values())) < len(named):
+            return None  # no naming, or two types named after one prototype: ambiguous
         mass = {t: float(resp[k]) for t, k in named.items() if 0 <= k < len(resp)}
         total = sum(mass.values())
         return {t: m / total for t, m in mass.items()} if total > 0 else None
@@ -258,8 +279,18 @@ class RewardModel:
         if sum(given) > 1:
             raise ConfigError("give one of profile, prototype or user_type, not several")
         if not self.model.spec.latent and not self.model.spec.oracle:
+            if any(given):
+                raise ConfigError(
+                    f"method {self.config.method!r} is not personalised: it scores every user "
+                    "alike; call it without profile, prototype or user_type"
+                )
             return None
         if profile is not None:
+            if len(profile.z) != self.model.latent_dim:
+                raise ConfigError(
+                    f"the profile has {len(profile.z)} latent dimensions, this model "
+                    f"{self.model.latent_dim}: it was made with another model"
+                )
             return torch.tensor(profile.z, dtype=torch.float32, device=self.device)
         if prototype is not None:
             protos = self.model.prototypes
@@ -333,7 +364,7 @@ class RewardModel:
         self.condition(**who)  # fail now, not inside a training loop
 
         def reward(prompts: Sequence[Any], completions: Sequence[Any], **_: Any) -> list[float]:
-            texts = [as_text(c) for c in completions]
+            texts = [as_text(c, completion=True) for c in completions]
             return [float(v) for v in self.score([as_text(p) for p in prompts], texts, **who)]
 
         reward.__name__ = f"fedvpa_{self.config.method}_reward"
@@ -373,17 +404,26 @@ def _context_batch(chosen: torch.Tensor, rejected: torch.Tensor, device: torch.d
     )
 
 
-def as_text(item: Any) -> str:
-    """A prompt or completion as text: a string, or chat messages in the HH dialogue layout."""
+ROLE_MARKERS = {"user": "Human", "system": "Human", "assistant": "Assistant"}
+"""Chat roles in HH-RLHF's dialogue layout (it has only Human and Assistant turns)."""
+
+
+def as_text(item: Any, completion: bool = False) -> str:
+    """A prompt or completion as the text the model was trained on.
+
+    Prompts in chat form become HH dialogue turns (``Human: ...\n\nAssistant: ...``); a
+    completion in chat form is its assistant message(s), which :func:`join_prompt_response`
+    places after the prompt's ``Assistant:`` marker.
+    """
     if isinstance(item, str):
         return item
-    if isinstance(item, Sequence) and all(isinstance(m, dict) for m in item):
-        turns = []
-        for m in item:
-            role = "Human" if m.get("role") == "user" else "Assistant"
-            turns.append(f"\n\n{role}: {str(m.get('content', '')).strip()}")
-        return "".join(turns).strip() if len(item) > 1 else str(item[0].get("content", ""))
-    raise DataError(f"expected a string or a list of chat messages, got {type(item).__name__}")
+    if not (isinstance(item, Sequence) and item and all(isinstance(m, dict) for m in item)):
+        raise DataError(f"expected a string or a non-empty list of chat messages, got {item!r:.80}")
+    if completion:
+        return "\n\n".join(str(m.get("content", "")).strip() for m in item)
+    turns = [f"{ROLE_MARKERS.get(m.get('role'), 'Human')}: {str(m.get('content', '')).strip()}"
+             for m in item]  # fmt: skip
+    return "\n\n".join(turns)
 
 
 def _read_report(folder: Path) -> dict[str, Any]:
@@ -393,7 +433,13 @@ def _read_report(folder: Path) -> dict[str, Any]:
             f"{path} does not exist: give a run folder (experiment/simulate OUT, a server run_dir) "
             "or a folder written by RewardModel.save_pretrained"
         )
-    return json.loads(path.read_text())
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise DataError(f"{path} cannot be read as JSON: {err}") from err
+    if not isinstance(report, dict):
+        raise DataError(f"{path} is not a run report (expected a JSON object)")
+    return report
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -437,6 +483,26 @@ def _fmt(value: Any) -> str:
     return "n/a" if value is None else str(value)
 
 
+def _user_level_line(user: dict[str, Any]) -> str:
+    if not user:
+        return "- user level: none (no user-level noise was added)"
+    q = user.get("sample_rate")
+    if q is not None and q < 1:
+        scope = (
+            f"amplified by sampling clients at rate {_fmt(q)}: it assumes secret Poisson "
+            "sampling and bounds users of the released model, not a server that saw who took part"
+        )
+    else:
+        scope = "no amplification claimed: the same figure bounds the server and model users"
+    return (
+        f"- user level (one client's whole data): epsilon {_fmt(user.get('epsilon'))}, delta "
+        f"{_fmt(user.get('delta'))}, accountant {_fmt(user.get('accountant'))}, clip "
+        f"{_fmt(user.get('clip_norm'))}, noise multiplier "
+        f"{_fmt(user.get('effective_noise_multiplier'))}, t_min "
+        f"{_fmt(user.get('min_survivors'))} ({scope})"
+    )
+
+
 def render_card(card: dict[str, Any]) -> str:
     """The model card as README.md."""
     acc = card["accuracy_on_unseen_users"]
@@ -456,30 +522,26 @@ def render_card(card: dict[str, Any]) -> str:
         "## Privacy",
         "",
     ]
-    if user:
-        lines.append(
-            f"- user level (one client's whole data): epsilon {_fmt(user.get('epsilon'))}, delta "
-            f"{_fmt(user.get('delta'))}, accountant {_fmt(user.get('accountant'))}, clip "
-            f"{_fmt(user.get('clip_norm'))}, noise multiplier "
-            f"{_fmt(user.get('effective_noise_multiplier'))}, t_min "
-            f"{_fmt(user.get('min_survivors'))}, sampling rate {_fmt(user.get('sample_rate'))} "
-            "(no amplification claimed: the same figure bounds the server and model users)"
-        )
-    else:
-        lines.append("- user level: none (no user-level noise was added)")
+    lines.append(_user_level_line(user))
     audit = card.get("audit") or {}
-    ledger_record = (audit.get("epsilon_by_unit") or {}).get("record")
-    if record:
-        lines.append(f"- record level (one preference pair of one client): {json.dumps(record)}")
+    ledger_record = (audit.get("epsilon_by_unit") or {}).get("record/clients")
+    if record and record.get("epsilon") is not None:
+        lines.append(
+            f"- record level (one preference pair of one client): epsilon "
+            f"{_fmt(record.get('epsilon'))} (the largest over clients), delta "
+            f"{_fmt(record.get('delta'))}, accountant {_fmt(record.get('accountant'))}, clip "
+            f"{_fmt(record.get('max_grad_norm'))}, noise multiplier "
+            f"{_fmt(record.get('noise_multiplier'))}"
+        )
     elif ledger_record:
         lines.append(
             "- record level (one preference pair of one client), from "
             f"{len(ledger_record['actors'])} client ledgers: epsilon <= "
             f"{_fmt(ledger_record['max_epsilon'])}, delta {_fmt(ledger_record['delta'])}, "
-            f"accountant {ledger_record['accountant']}"
+            f"accountant {', '.join(ledger_record['accountants'])}"
         )
     else:
-        lines.append("- record level: none (no DP-SGD ledger in the run)")
+        lines.append("- record level: none (no DP-SGD round was recorded)")
     if audit:
         verdict = "passed" if audit.get("passed") else "FAILED"
         lines.append(f"- ledger audit ({audit.get('ledgers')} ledgers re-verified): {verdict}")

@@ -44,6 +44,8 @@ def check_keys(
     A typo (``[round]`` for ``[rounds]``, ``run_idd``) must never leave a setting silently at its
     default: for a privacy setting that would be a weaker run than the one the user wrote.
     """
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{where} must be a table ([section] with keys), not {table!r:.40}")
     unknown = sorted(set(table) - set(known))
     if not unknown:
         return

@@ -61,7 +61,9 @@ def run(args: argparse.Namespace) -> int:
         profile = model.personalize(list(read_context(Path(args.context))))
         who["profile"] = profile
         if args.profile_out:
-            Path(args.profile_out).write_text(profile.to_json())
+            target = Path(args.profile_out)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(profile.to_json(), encoding="utf-8")
         types = profile.type_probabilities
         print(
             f"profile from {profile.context_pairs} context pairs"
@@ -82,37 +84,47 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def write_scores(model, rows: list[tuple[str, list[str]]], out: Path, who: dict) -> int:
-    prompts = [p for p, responses in rows for _ in responses]
-    responses = [r for _, rs in rows for r in rs]
+def write_scores(model, rows: list[Candidates], out: Path, who: dict) -> int:
+    prompts = [p for _, p, responses in rows for _ in responses]
+    responses = [r for _, _, rs in rows for r in rs]
     rewards = iter(model.score(prompts, responses, **who).tolist())
-    with open(out, "w") as handle:
-        for prompt, rs in rows:
+    with open(out, "w", encoding="utf-8") as handle:
+        for _, prompt, rs in rows:
             scores = [next(rewards) for _ in rs]
             handle.write(json.dumps({"prompt": prompt, "responses": rs, "rewards": scores}) + "\n")
     return len(rows)
 
 
-def write_labels(model, rows: list[tuple[str, list[str]]], out: Path, who: dict) -> int:
-    bad = [i for i, (_, rs) in enumerate(rows) if len(rs) != 2]
+def write_labels(model, rows: list[Candidates], out: Path, who: dict) -> int:
+    bad = [line for line, _, rs in rows if len(rs) != 2]
     if bad:
         raise DataError(f"label needs exactly two responses per line; lines {bad[:5]} differ")
     p_first = model.prefer(
-        [p for p, _ in rows], [rs[0] for _, rs in rows], [rs[1] for _, rs in rows], **who
+        [p for _, p, _ in rows], [rs[0] for _, _, rs in rows], [rs[1] for _, _, rs in rows], **who
     )
-    with open(out, "w") as handle:
-        for (prompt, (a, b)), p in zip(rows, p_first.tolist(), strict=True):
+    with open(out, "w", encoding="utf-8") as handle:
+        for (_, prompt, (a, b)), p in zip(rows, p_first.tolist(), strict=True):
             chosen, rejected = (a, b) if p >= 0.5 else (b, a)
-            handle.write(
-                json.dumps({"prompt": prompt, "chosen": chosen, "rejected": rejected}) + "\n"
-            )
+            row = {
+                "prompt": dpo_prompt(prompt),
+                "chosen": chosen.strip(),
+                "rejected": rejected.strip(),
+            }
+            handle.write(json.dumps(row) + "\n")
     return len(rows)
+
+
+def dpo_prompt(prompt: str) -> str:
+    """The prompt as TRL's DPO concatenates it: prompt + chosen is exactly the text the model
+    scored (:func:`~fedvpa_secure.data.types.join_prompt_response`)."""
+    prompt = prompt.rstrip()
+    return f"{prompt}\n\nAssistant: " if prompt else ""
 
 
 def _lines(path: Path) -> Iterator[tuple[int, dict]]:
     if not path.is_file():
         raise DataError(f"{path} does not exist")
-    with open(path) as handle:
+    with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, 1):
             if not line.strip():
                 continue
@@ -148,20 +160,28 @@ def read_context(path: Path):
             yield ContextPair(*_split_dialogues(row, where))
 
 
-def read_candidates(path: Path) -> Iterator[tuple[str, list[str]]]:
-    """(prompt, responses) per line: ``{prompt, responses}`` or HH-RLHF dialogues (both)."""
+Candidates = tuple[int, str, list[str]]
+"""(line number, prompt, responses) of one input line."""
+
+
+def read_candidates(path: Path) -> Iterator[Candidates]:
+    """Per line: ``{prompt, responses}``, ``{prompt, chosen, rejected}`` (both responses, in
+    that order) or HH-RLHF dialogues (both)."""
     for number, row in _lines(path):
         where = f"{path}:{number}"
         responses = row.get("responses")
+        pair = isinstance(row.get("chosen"), str) and isinstance(row.get("rejected"), str)
         if isinstance(row.get("prompt"), str) and isinstance(responses, list):
             if not responses or not all(isinstance(r, str) for r in responses):
                 raise DataError(f"{where}: responses must be a non-empty list of strings")
-            yield row["prompt"], list(responses)
-        elif isinstance(row.get("chosen"), str) and isinstance(row.get("rejected"), str):
+            yield number, row["prompt"], list(responses)
+        elif pair and isinstance(row.get("prompt"), str):
+            yield number, row["prompt"], [row["chosen"], row["rejected"]]
+        elif pair:
             prompt, first, second = _split_dialogues(row, where)
-            yield prompt, [first, second]
+            yield number, prompt, [first, second]
         else:
             raise DataError(
-                f'{where}: expected {{"prompt", "responses": [...]}} or HH-RLHF '
-                '{"chosen", "rejected"} dialogues'
+                f'{where}: expected {{"prompt", "responses": [...]}}, {{"prompt", "chosen", '
+                '"rejected"} or HH-RLHF {"chosen", "rejected"} dialogues'
             )

@@ -41,8 +41,19 @@ def check(settings) -> int:
     print("server config is valid:")
     print(f"  {r.rounds} rounds of {r.clients_per_round} clients, min survivors {r.min_survivors}")
     print(f"  secure aggregation: {r.secure}, hardened: {r.hardened}")
-    level = f"epsilon {dp.target_epsilon:g}" if dp.user_level else "off"
-    print(f"  user-level DP: {level}; method {settings.experiment.method}")
+    if not dp.user_level:
+        level = "off"
+    elif dp.target_epsilon is not None:
+        level = (
+            f"target epsilon {dp.target_epsilon:g}, clip {dp.clip_norm:g}, t_min {dp.min_survivors}"
+        )
+    else:
+        level = f"noise multiplier {dp.noise_multiplier:g}, clip {dp.clip_norm:g}"
+    record = settings.experiment.dp
+    print(f"  user-level DP: {level}")
+    record_level = "off" if record is None else f"target epsilon {record.target_epsilon:g}"
+    print(f"  record-level DP-SGD: {record_level}")
+    print(f"  method {settings.experiment.method}")
     files = {
         "registry": settings.registry,
         "tls.cert": settings.tls.cert,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -354,9 +355,13 @@ def last_error_line(log: Path) -> str:
     except OSError:
         return ""
     for line in reversed(lines):
-        if ": error: " in line or " ERROR " in line or line.startswith(("Error", "error")):
+        if ": error: " in line or " ERROR " in line or PYTHON_EXCEPTION.match(line):
             return line.strip()[:500]
     return ""
+
+
+PYTHON_EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception): ")
+"""The last line of a traceback (``TypeError: ...``): a crash is relayed like an error."""
 
 
 def wait_address(path: Path, proc: subprocess.Popen, timeout: float, log: Path) -> str:
@@ -459,8 +464,9 @@ def run(args: argparse.Namespace) -> int:
         f"eval accuracy {acc}{privacy}; report: {out / 'report.json'}"
     )
     if (out / "model.safetensors").is_file():
+        who = "--context MY_PAIRS.jsonl" if args.method != "monolithic" else ""
         print(
             f"the trained model: RewardModel.from_pretrained({str(out)!r}), or "
-            f"`fedvpa-secure score {out} --prototype 0 --input IN --out OUT`"
+            f"`fedvpa-secure score {out} {who} --input IN --out OUT`".replace("  ", " ")
         )
     return 0

@@ -55,10 +55,10 @@ def default_threshold(n: int, hardened: bool) -> int:
     return (2 * n) // 3 + 1 if hardened else n // 2 + 1
 
 
-def default_degree(n: int, hardened: bool = True) -> int:
+def default_degree(n: int, hardened: bool = True) -> int | None:
     """The smallest even SecAgg+ degree that meets Bell et al.'s bound for the default assumptions
     (:mod:`~fedvpa_secure.secagg.degree`: a third colluding, 10% dropping out, 2^-40), or
-    ``n - 1`` (the full graph) when no smaller degree does.
+    ``None`` (the full graph) when no smaller degree does.
 
     The same bound is what a client's default policy demands, so the default passes it. Set
     ``degree`` explicitly for other assumptions.
@@ -66,7 +66,7 @@ def default_degree(n: int, hardened: bool = True) -> int:
     need = min_secure_degree(
         n, DEFAULT_COLLUDING_FRACTION, DEFAULT_DROPOUT_FRACTION, DEFAULT_SECURITY_BITS, hardened
     )
-    return n - 1 if need is None else need
+    return need  # None: only the full graph meets the bound
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ Example ``server.toml``::
     ca = "certs/ca.pem"
     [rounds]
     rounds = 2
-    clients_per_round = 3
-    min_survivors = 3             # SecAgg min_clients: never below 3
+    clients_per_round = 5         # a client's default policy refuses rounds of fewer than 5
+    min_survivors = 4             # SecAgg min_clients: never below 3
     threshold = 0                 # 0: the secagg default for the round size
     hardened = true
     secure = true
@@ -26,7 +26,7 @@ Example ``server.toml``::
     target_epsilon = 4.0          # turns user-level distributed DP on (or noise_multiplier)
     clip_norm = 1.0               # whole-update L2 clip S of each client
     noise = "discrete_gaussian"   # or "skellam"
-    min_survivors = 3             # t_min the noise is calibrated to; fewer survivors: abort
+    min_survivors = 4             # t_min the noise is calibrated to (default policy: >= 4)
     [quantization]
     delta_clip = 256.0
     prior_clip = 65536.0
@@ -333,6 +333,12 @@ def load_server_settings(path: str | Path) -> ServerSettings:
     """Read and validate ``server.toml`` (relative paths are relative to the file)."""
     raw, rel = read_toml(path, "server config")
     check_keys(raw, SERVER_TOML_KEYS, f"server config {str(path)!r}")
+    for section in ("tls", "rounds", "dp", "quantization", "limits", "experiment"):
+        if not isinstance(raw.get(section, {}), Mapping):  # before any path is resolved
+            raise ConfigError(
+                f"server config [{section}] must be a table ([{section}] with keys), not "
+                f"{raw[section]!r:.40}"
+            )
     tls = raw.get("tls", {})
     check_keys(tls, ("cert", "key", "ca"), "server config [tls]")
     return ServerSettings(

@@ -201,14 +201,30 @@ def _switching(model, episodes, reference, batches, type_labels, user_types, dev
         flips.append(pred)
     flip_rate = float(np.mean(flips[0] != flips[1])) if n_types >= 2 else float("nan")
     out = {"per_type": per_type, "prediction_flip_rate": flip_rate, "type_vector": how}
-    if conds is not None:  # what a published model scores "as a type" with (RewardModel)
-        out["type_vectors"] = {user_types[t]: conds[t].cpu().tolist() for t in range(n_types)}
-        if model.prototypes is not None and how.startswith("prototype"):
-            protos = model.prototypes.detach().cpu()
-            out["type_prototypes"] = {
-                user_types[t]: int((protos - conds[t].cpu()).norm(dim=-1).argmin())
-                for t in range(n_types)
-            }
+    return out | _published_type_vectors(model, episodes, user_types, device)
+
+
+def _published_type_vectors(model, episodes, user_types, device) -> dict:
+    """What a published model scores "as a type" with (RewardModel), named from the EVALUATION
+    users only: naming from the training users would publish an un-noised statistic of their
+    data next to a model whose guarantee does not cover it."""
+    if not model.spec.latent or model.spec.oracle:
+        return {}
+    types = np.array([c.user_type for c in episodes.clients])
+    mus = posterior_means(model, episodes, device)[0]
+    conds, how = _prototype_for_types(model, mus, types, len(user_types))
+    if conds is None:
+        return {}
+    out: dict = {
+        "type_vectors": {user_types[t]: conds[t].cpu().tolist() for t in range(len(user_types))},
+        "type_vectors_from": f"evaluation users: {how}",
+    }
+    if model.prototypes is not None and how.startswith("prototype"):
+        protos = model.prototypes.detach().cpu()
+        out["type_prototypes"] = {
+            user_types[t]: int((protos - conds[t].cpu()).norm(dim=-1).argmin())
+            for t in range(len(user_types))
+        }
     return out
 
 

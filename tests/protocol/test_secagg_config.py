@@ -134,3 +134,10 @@ def test_config_is_frozen() -> None:
         cfg.n_clients = 6  # type: ignore[misc]
     with pytest.raises(TypeError):
         cfg.clip[""] = 3.0  # type: ignore[index]
+
+
+def test_a_low_full_graph_cutoff_falls_back_to_the_full_graph_when_no_degree_is_safe() -> None:
+    """20 clients over a cutoff of 10: no SecAgg+ degree below 19 meets the bound, so the
+    default is the full graph (it used to become an odd degree 19 and a confusing error)."""
+    cfg = SecAggConfig(n_clients=20, full_graph_cutoff=10)
+    assert cfg.full_graph and default_degree(20) is None

@@ -103,3 +103,10 @@ def test_help_shows_the_defaults_a_user_should_see(capsys) -> None:
         in (text)
     )
     assert "(default: None)" not in text and "(default: False)" not in text
+
+
+def test_a_section_written_as_a_value_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "server.toml"
+    path.write_text('rounds = 5\nregistry = "r.json"\n')
+    with pytest.raises(ConfigError, match=r"\[rounds\] must be a table"):
+        load_server_settings(path)

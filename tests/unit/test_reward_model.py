@@ -130,6 +130,9 @@ def test_scores_by_type_by_prototype_and_the_trl_reward_function(model: RewardMo
     np.testing.assert_allclose(got, model.score(prompts, responses, prototype=0), rtol=1e-6)
     chat = [[{"role": "assistant", "content": r}] for r in responses]
     np.testing.assert_allclose(reward(prompts=prompts, completions=chat), got, rtol=1e-6)
+    # a chat prompt is rendered as the HH dialogue the model was trained on
+    chat_prompts = [[{"role": "user", "content": p.removeprefix("Human: ")}] for p in prompts]
+    np.testing.assert_allclose(reward(prompts=chat_prompts, completions=responses), got, rtol=1e-6)
 
 
 def test_save_and_load_round_trip_with_its_model_card(model: RewardModel, tmp_path: Path) -> None:
@@ -141,6 +144,7 @@ def test_save_and_load_round_trip_with_its_model_card(model: RewardModel, tmp_pa
     assert card["accuracy_on_unseen_users"]["overall"] is not None
     readme = (saved / "README.md").read_text()
     assert "## Privacy" in readme and "user level: none" in readme  # this run had no user DP
+    assert "record level: none" in readme  # ... and no DP-SGD: no "epsilon <= 0" claim
     again = RewardModel.from_pretrained(saved, device="cpu")
     prompts, responses = ["Human: hi"], ["Hello! How can I help?"]
     np.testing.assert_allclose(
@@ -193,6 +197,7 @@ def test_score_and_label_cli(run, model: RewardModel, tmp_path: Path, capsys) ->
     labelled = [json.loads(line) for line in dpo.read_text().splitlines()]
     for row, line in zip(rows, labelled, strict=True):
         assert set(line) == {"prompt", "chosen", "rejected"}
+        assert line["prompt"] == row["prompt"] + "\n\nAssistant: "  # prompt + chosen = scored
         a, b = row["responses"]
         p = model.prefer([row["prompt"]], [a], [b], prototype=0)[0]
         assert (line["chosen"], line["rejected"]) == ((a, b) if p >= 0.5 else (b, a))
@@ -201,3 +206,33 @@ def test_score_and_label_cli(run, model: RewardModel, tmp_path: Path, capsys) ->
     assert cli_main(["label", str(run[0]), "--prototype", "0", "--pairs", str(bad), "--out",
                      str(tmp_path / "x.jsonl")]) == 2  # fmt: skip
     assert "exactly two responses" in capsys.readouterr().err
+
+
+def test_the_card_scopes_the_user_level_claim_by_its_sampling_rate() -> None:
+    from fedvpa_secure.reward_model import _user_level_line
+
+    base = {"epsilon": 4.0, "delta": 1e-5, "accountant": "rdp", "clip_norm": 1.0}
+    assert "no amplification claimed" in _user_level_line({**base, "sample_rate": 1.0})
+    amplified = _user_level_line({**base, "sample_rate": 0.25})
+    assert "amplified by sampling clients at rate 0.25" in amplified
+    assert "not a server that saw who took part" in amplified
+
+
+def test_a_method_without_a_latent_refuses_a_profile(model: RewardModel) -> None:
+    monolithic = RewardModel(
+        replace(
+            model.config,
+            method="monolithic",
+            model=replace(model.config.model, posterior="encoder"),
+        ),
+        model.model,
+        model.embedder,
+        model.user_types,
+        model.report,
+    )
+    monolithic.model.spec = replace(model.model.spec, latent=False, oracle=False)
+    try:
+        with pytest.raises(ConfigError, match="not personalised"):
+            monolithic.score(["p"], ["r"], prototype=0)
+    finally:
+        monolithic.model.spec = model.config.spec  # the module's model is shared
