@@ -24,12 +24,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedvpa_secure.atomic_json import write_json_atomic
 from fedvpa_secure.config import ExperimentConfig
 from fedvpa_secure.data.types import join_prompt_response
 from fedvpa_secure.errors import ConfigError, DataError
 from fedvpa_secure.model.backbone import Backbone, pick_device
 from fedvpa_secure.model.preference_model import EpisodeBatch, PreferenceModel
 from fedvpa_secure.model.prior import responsibilities
+from fedvpa_secure.train.experiment import build_model
+from fedvpa_secure.train.features import PreparedClients, add_lora
 from fedvpa_secure.train.model_io import MODEL_FILE, load_global_model, save_global_model
 
 REPORT_FILE = "report.json"
@@ -135,21 +138,18 @@ class RewardModel:
         torch_device = pick_device(device)
         backbone = Backbone(config.model.backbone, config.model.max_length).to(torch_device)
         if config.model.mode == "lora":
-            from fedvpa_secure.train.features import add_lora
-
             backbone = add_lora(backbone, config.model)
         else:
             for p in backbone.parameters():
                 p.requires_grad_(False)
-        model = PreferenceModel(
-            config.spec,
-            config.model,
-            config.objective,
+        shapes = PreparedClients(
+            [],
+            [],
             backbone.info.hidden_size,
-            len(user_types),
             backbone if config.model.mode == "lora" else None,
-            seed=config.train.seed,
-        ).to(torch_device)
+            {},
+        )
+        model = build_model(config, shapes, len(user_types), torch_device)
         load_global_model(model, folder / MODEL_FILE)
         return cls(config, model, backbone, user_types, report, folder)
 
@@ -178,10 +178,10 @@ class RewardModel:
         if self.config.model.mode == "lora" and hasattr(self.embedder.model, "save_pretrained"):
             self.embedder.model.save_pretrained(str(out / ADAPTER_DIR))
         report = {**self.report, "audit": self.audit()}
-        _write_json(out / REPORT_FILE, report)
-        _write_json(out / CONFIG_FILE, self.config.to_dict())
+        write_json_atomic(out / REPORT_FILE, report)
+        write_json_atomic(out / CONFIG_FILE, self.config.to_dict())
         card = model_card(report, self.config)
-        _write_json(out / CARD_JSON, card)
+        write_json_atomic(out / CARD_JSON, card)
         (out / CARD_README).write_text(render_card(card))
         return out
 
@@ -440,12 +440,6 @@ def _read_report(folder: Path) -> dict[str, Any]:
     if not isinstance(report, dict):
         raise DataError(f"{path} is not a run report (expected a JSON object)")
     return report
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    from fedvpa_secure.atomic_json import write_json_atomic
-
-    write_json_atomic(path, obj)
 
 
 # -- the model card ----------------------------------------------------------------------------

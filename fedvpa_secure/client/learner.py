@@ -19,10 +19,10 @@ from fedvpa_secure.config import ExperimentConfig
 from fedvpa_secure.data.types import ClientData
 from fedvpa_secure.errors import ConfigError
 from fedvpa_secure.model.backbone import pick_device
-from fedvpa_secure.train.aggregation import Update, client_update
+from fedvpa_secure.train.aggregation import Update
 from fedvpa_secure.train.experiment import build_model
 from fedvpa_secure.train.features import prepare_clients
-from fedvpa_secure.train.federation import client_prior_statistics, client_round
+from fedvpa_secure.train.federation import client_round, update_spec
 from fedvpa_secure.train.local import ClientState
 
 
@@ -109,14 +109,7 @@ class ClientLearner:
         (the learner's own ``client_update``), so the noise check knows the dimension before
         a round trains."""
         if self._spec is None:
-            rng = np.random.default_rng(0)
-            stats = client_prior_statistics(self.model, self.tensors, self.cfg, rng, self.device)
-            trainable = {k: v.detach().clone() for k, v in self.model.trainable_state().items()}
-            update = client_update(trainable, self.model, 1.0, stats)
-            self._spec = {
-                k: (tuple(np.shape(v)), np.asarray(v).dtype.newbyteorder("<").str)
-                for k, v in update.items()
-            }
+            self._spec = update_spec(self.model, self.tensors, self.cfg, self.device)
         return dict(self._spec)
 
     def state_spec(self) -> dict[str, tuple[tuple[int, ...], str]]:

@@ -23,14 +23,13 @@ from fedvpa_secure.train.aggregation import (
     WEIGHT,
     ServerOptimizer,
     Update,
-    client_update,
     server_step,
 )
 from fedvpa_secure.train.data_setup import load_federated_data
 from fedvpa_secure.train.evaluate import EvalEpisodes, evaluate
 from fedvpa_secure.train.experiment import build_model
 from fedvpa_secure.train.features import prepare_clients
-from fedvpa_secure.train.federation import client_prior_statistics
+from fedvpa_secure.train.federation import update_spec
 
 log = logging.getLogger("fedvpa_secure.server")
 
@@ -118,16 +117,7 @@ class ServerLearner:
         the server), so the layout follows the learner when its update gains a statistic.
         """
         if self._spec is None:
-            rng = np.random.default_rng(0)
-            stats = client_prior_statistics(
-                self.model, self.eval_clients[0], self.cfg, rng, self.device
-            )
-            trainable = {k: v.detach().clone() for k, v in self.model.trainable_state().items()}
-            update = client_update(trainable, self.model, 1.0, stats)
-            self._spec = {
-                k: (tuple(np.shape(v)), np.asarray(v).dtype.newbyteorder("<").str)
-                for k, v in update.items()
-            }
+            self._spec = update_spec(self.model, self.eval_clients[0], self.cfg, self.device)
         return dict(self._spec)
 
     def apply(self, sums: Update, round_index: int) -> None:

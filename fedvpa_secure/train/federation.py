@@ -96,6 +96,26 @@ def client_prior_statistics(
     return stats
 
 
+UpdateSpec = dict[str, tuple[tuple[int, ...], str]]
+
+
+def update_spec(
+    model: PreferenceModel, client: ClientTensors, cfg: ExperimentConfig, device: torch.device
+) -> UpdateSpec:
+    """name -> (shape, little-endian dtype) of one client's update, derived by running the
+    learner's own :func:`client_update` on ``client``, so that everyone who sizes a round
+    (the server's secure-aggregation layout, a client's noise check) follows the learner when
+    its update gains a statistic."""
+    rng = np.random.default_rng(0)
+    stats = client_prior_statistics(model, client, cfg, rng, device)
+    trainable = {k: v.detach().clone() for k, v in model.trainable_state().items()}
+    update = client_update(trainable, model, 1.0, stats)
+    return {
+        k: (tuple(np.shape(v)), np.asarray(v).dtype.newbyteorder("<").str)
+        for k, v in update.items()
+    }
+
+
 def _mean_of_finite(values: Sequence[float]) -> float:
     """Mean of the non-NaN values; NaN when none (e.g. no pull term during the warm-up)."""
     finite = [v for v in values if not np.isnan(v)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,13 +144,26 @@ def client_settings(
     )
 
 
-def start_toy_server(certs: Path, rounds: RoundSettings, toy: ToyServer, max_upload: int = 1 << 20):
-    """A coordinator (not yet running) behind a real mTLS gRPC server on 127.0.0.1:0."""
+def start_toy_server(
+    certs: Path,
+    rounds: RoundSettings,
+    toy: ToyServer,
+    max_upload: int = 1 << 20,
+    *,
+    user_dp: Any = None,
+    join_secure: bool | None = None,
+):
+    """A coordinator (not yet running) behind a real mTLS gRPC server on 127.0.0.1:0.
+
+    ``join_secure``: what Join claims (default: ``rounds.secure``); an attacking server may
+    claim a secure federation and then send plain tasks.
+    """
     coordinator = Coordinator(
         registry=load_registry(certs / "registry.json"),
         rounds=rounds,
         quant=QuantSettings(delta_clip=16.0, prior_clip=16.0),
         hooks=toy.hooks(),
+        user_dp=user_dp,
     )
     server, port = start_grpc(
         coordinator,
@@ -157,25 +171,55 @@ def start_toy_server(certs: Path, rounds: RoundSettings, toy: ToyServer, max_upl
         tls_files=TlsFiles(certs / "server.pem", certs / "server.key", certs / "ca.pem"),
         experiment=ExperimentConfig().to_dict(),
         run_id="toy",
-        secure=rounds.secure,
+        secure=rounds.secure if join_secure is None else join_secure,
         max_upload_bytes=max_upload,
     )
     return coordinator, server, port
 
 
-def run_clients(
-    certs: Path, ids: list[str], port: int, state: Path
-) -> tuple[list[threading.Thread], list[FederatedClient]]:
-    clients = [
-        FederatedClient(
+def toy_clients(
+    certs: Path,
+    ids: list[str],
+    port: int,
+    state: Path,
+    *,
+    policy: PrivacyPolicy | None = None,
+    learner: type = ToyLearner,
+    client_for: Any = None,
+) -> list[FederatedClient]:
+    """One FederatedClient per id, each with ``learner(index)``; ``client_for(cid)`` may pick
+    another FederatedClient class for some clients (a misbehaving one)."""
+    return [
+        (client_for(cid) if client_for else FederatedClient)(
             f"127.0.0.1:{port}",
             cid,
-            client_settings(certs, cid, state),
-            learner=ToyLearner(int(cid[1:])),
+            client_settings(certs, cid, state, policy),
+            learner=learner(int(cid[1:])),
         )
         for cid in ids
     ]
+
+
+def run_clients(
+    certs: Path, ids: list[str], port: int, state: Path
+) -> tuple[list[threading.Thread], list[FederatedClient]]:
+    clients = toy_clients(certs, ids, port, state)
     threads = [threading.Thread(target=c.run, daemon=True) for c in clients]
     for t in threads:
         t.start()
     return threads, clients
+
+
+def federate(coordinator, server, clients: list[FederatedClient], settle_s: float = 0.5) -> None:
+    """Run the coordinator's rounds against ``clients`` (threads), then shut everything down."""
+    threads = [threading.Thread(target=c.run, daemon=True) for c in clients]
+    try:
+        for t in threads:
+            t.start()
+        coordinator.run()
+        time.sleep(settle_s)  # let the clients see FINISHED
+    finally:
+        coordinator.stop()
+        server.stop(1.0).wait()
+        for c in clients:
+            c.close()

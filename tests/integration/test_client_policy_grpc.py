@@ -9,8 +9,6 @@ runs the SAME server against clients whose policy allows what it asks, and the r
 
 from __future__ import annotations
 
-import threading
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,15 +17,12 @@ import pytest
 
 from fedvpa_secure.client.policy import PrivacyPolicy
 from fedvpa_secure.client.runtime import Contributions, FederatedClient
-from fedvpa_secure.config import ExperimentConfig
 from fedvpa_secure.server.coordinator import Coordinator
-from fedvpa_secure.server.serve import start_grpc
-from fedvpa_secure.server.settings import DpSettings, QuantSettings, RoundSettings, TlsFiles
+from fedvpa_secure.server.settings import DpSettings, RoundSettings
 from fedvpa_secure.server.user_dp import ServerUserDP
-from fedvpa_secure.transport.pki import load_registry
 from privacy import BudgetPolicy, PersistentAccountant
 
-from .fedkit import ToyLearner, ToyServer, client_settings, make_certs
+from .fedkit import ToyLearner, ToyServer, federate, make_certs, start_toy_server, toy_clients
 
 pytestmark = pytest.mark.integration
 
@@ -93,42 +88,10 @@ def _federate(
             stage_deadline_s=8.0,
         )
     toy = toy or ToyServer()
-    coordinator = Coordinator(
-        registry=load_registry(certs / "registry.json"),
-        rounds=settings,
-        quant=QuantSettings(delta_clip=16.0, prior_clip=16.0),
-        hooks=toy.hooks(),
-        user_dp=dp,
-    )
-    server, port = start_grpc(
-        coordinator,
-        address="127.0.0.1:0",
-        tls_files=TlsFiles(certs / "server.pem", certs / "server.key", certs / "ca.pem"),
-        experiment=ExperimentConfig().to_dict(),
-        run_id="attack",
-        secure=True,  # what Join claims; the tasks say what the attacker wants
-        max_upload_bytes=1 << 20,
-    )
-    clients = [
-        FederatedClient(
-            f"127.0.0.1:{port}",
-            cid,
-            client_settings(certs, cid, tmp / "state", policy),
-            learner=DPToyLearner(int(cid[1:])),
-        )
-        for cid in ids
-    ]
-    threads = [threading.Thread(target=c.run, daemon=True) for c in clients]
-    try:
-        for t in threads:
-            t.start()
-        coordinator.run()
-        time.sleep(0.5)
-    finally:
-        coordinator.stop()
-        server.stop(1.0).wait()
-        for c in clients:
-            c.close()
+    # Join claims a secure federation; the tasks say what the attacker wants
+    coordinator, server, port = start_toy_server(certs, settings, toy, user_dp=dp, join_secure=True)
+    clients = toy_clients(certs, ids, port, tmp / "state", policy=policy, learner=DPToyLearner)
+    federate(coordinator, server, clients)
     return toy, coordinator, clients
 
 

@@ -11,23 +11,17 @@ from __future__ import annotations
 import json
 import math
 import subprocess
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from fedvpa_secure.cli import main as cli_main
-from fedvpa_secure.client.runtime import FederatedClient
 from fedvpa_secure.config import ExperimentConfig
-from fedvpa_secure.server.coordinator import Coordinator
-from fedvpa_secure.server.serve import start_grpc
-from fedvpa_secure.server.settings import DpSettings, QuantSettings, RoundSettings, TlsFiles
+from fedvpa_secure.server.settings import DpSettings, RoundSettings
 from fedvpa_secure.server.user_dp import ServerUserDP
 from fedvpa_secure.train.aggregation import plain_sum
 from fedvpa_secure.train.secure_aggregation import privatize_update
-from fedvpa_secure.transport.pki import load_registry
 from privacy import BudgetPolicy, PersistentAccountant, compute_epsilon
 from privacy.distributed import calibrate_distributed_noise
 from privacy.ledger import Ledger
@@ -38,8 +32,10 @@ from tests.integration.fedkit import (
     SPEC,
     TINY,
     ToyServer,
-    client_settings,
+    federate,
     make_certs,
+    start_toy_server,
+    toy_clients,
 )
 
 pytestmark = pytest.mark.integration
@@ -109,42 +105,9 @@ def _federate(tmp: Path, user_dp: bool) -> tuple[ToyServer, ServerUserDP | None,
             stage_deadline_s=20.0,
         )
     toy = ToyServer()
-    coordinator = Coordinator(
-        registry=load_registry(certs / "registry.json"),
-        rounds=rounds,
-        quant=QuantSettings(delta_clip=16.0, prior_clip=16.0),
-        hooks=toy.hooks(),
-        user_dp=dp,
-    )
-    server, port = start_grpc(
-        coordinator,
-        address="127.0.0.1:0",
-        tls_files=TlsFiles(certs / "server.pem", certs / "server.key", certs / "ca.pem"),
-        experiment=ExperimentConfig().to_dict(),
-        run_id="toy",
-        secure=True,
-        max_upload_bytes=1 << 20,
-    )
-    clients = [
-        FederatedClient(
-            f"127.0.0.1:{port}",
-            cid,
-            client_settings(certs, cid, tmp / "state"),
-            learner=ConstantLearner(int(cid[1:])),
-        )
-        for cid in ids
-    ]
-    threads = [threading.Thread(target=c.run, daemon=True) for c in clients]
-    try:
-        for t in threads:
-            t.start()
-        coordinator.run()
-        time.sleep(1.0)  # let the clients see FINISHED
-    finally:
-        coordinator.stop()
-        server.stop(1.0).wait()
-        for c in clients:
-            c.close()
+    coordinator, server, port = start_toy_server(certs, rounds, toy, user_dp=dp)
+    clients = toy_clients(certs, ids, port, tmp / "state", learner=ConstantLearner)
+    federate(coordinator, server, clients, settle_s=1.0)
     assert coordinator.failed is None, coordinator.failed
     assert len(toy.sums) == ROUNDS
     return toy, dp, ledger_path

@@ -8,8 +8,6 @@ round fails on every attempt - so the test can fail.
 
 from __future__ import annotations
 
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +19,7 @@ from fedvpa_secure.server.coordinator import Coordinator
 from fedvpa_secure.server.settings import RoundSettings
 from fedvpa_secure.transport import serde
 
-from .fedkit import ToyLearner, ToyServer, client_settings, make_certs, start_toy_server
+from .fedkit import ToyServer, federate, make_certs, start_toy_server, toy_clients
 
 pytestmark = pytest.mark.integration
 
@@ -51,26 +49,14 @@ def _federate(tmp: Path) -> tuple[ToyServer, Coordinator]:
     )
     toy = ToyServer()
     coordinator, server, port = start_toy_server(certs, rounds, toy)
-    clients = [
-        (SilentAtGraphSeed if cid == SILENT else FederatedClient)(
-            f"127.0.0.1:{port}",
-            cid,
-            client_settings(certs, cid, tmp / "state"),
-            learner=ToyLearner(int(cid[1:])),
-        )
-        for cid in ids
-    ]
-    threads = [threading.Thread(target=c.run, daemon=True) for c in clients]
-    try:
-        for t in threads:
-            t.start()
-        coordinator.run()
-        time.sleep(0.3)
-    finally:
-        coordinator.stop()
-        server.stop(1.0).wait()
-        for c in clients:
-            c.close()
+    clients = toy_clients(
+        certs,
+        ids,
+        port,
+        tmp / "state",
+        client_for=lambda cid: SilentAtGraphSeed if cid == SILENT else FederatedClient,
+    )
+    federate(coordinator, server, clients, settle_s=0.3)
     return toy, coordinator
 
 
