@@ -29,6 +29,7 @@ SUBCOMMANDS: dict[str, str] = {
     "split": "fedvpa_secure.commands.split_cmd",
     "score": "fedvpa_secure.commands.score_cmd",
     "label": "fedvpa_secure.commands.label_cmd",
+    "dpo": "fedvpa_secure.commands.dpo_cmd",
 }
 
 HELP: dict[str, str] = {
@@ -43,6 +44,7 @@ HELP: dict[str, str] = {
     "split": "split an HH-RLHF folder into training and --eval-data folders",
     "score": "rewards for responses from a trained model, for a user or a type",
     "label": "a per-user or per-type DPO dataset (prompt, chosen, rejected) from a trained model",
+    "dpo": "align a policy by DPO on label's output (the align extra: TRL)",
 }
 
 

@@ -29,11 +29,17 @@ from fedvpa_secure.config import ExperimentConfig
 from fedvpa_secure.data.types import join_prompt_response
 from fedvpa_secure.errors import ConfigError, DataError
 from fedvpa_secure.model.backbone import Backbone, pick_device
+from fedvpa_secure.model.embedding_cache import EmbeddingCache
 from fedvpa_secure.model.preference_model import EpisodeBatch, PreferenceModel
 from fedvpa_secure.model.prior import responsibilities
 from fedvpa_secure.train.experiment import build_model
 from fedvpa_secure.train.features import PreparedClients, add_lora
-from fedvpa_secure.train.model_io import MODEL_FILE, load_global_model, save_global_model
+from fedvpa_secure.train.model_io import (
+    CHECKPOINT_RUN_FILE,
+    MODEL_FILE,
+    load_global_model,
+    save_global_model,
+)
 
 REPORT_FILE = "report.json"
 CONFIG_FILE = "config.json"
@@ -100,6 +106,7 @@ class RewardModel:
         user_types: Sequence[str],
         report: dict[str, Any],
         source: Path | None = None,
+        embedding_cache: str | Path | None = None,
     ) -> None:
         self.config = config
         self.source = source
@@ -108,12 +115,30 @@ class RewardModel:
         self.user_types = list(user_types)
         self.report = report
         self.device = next(model.parameters()).device
+        self._cache = None
+        if embedding_cache is not None:
+            if config.model.mode != "frozen":
+                raise ConfigError(
+                    "an embedding cache serves a frozen backbone only; this model was trained in "
+                    f"{config.model.mode!r} mode, whose embeddings depend on its adapter"
+                )
+            info = embedder.info
+            self._cache = EmbeddingCache(embedding_cache, info.key, info.hidden_size)
 
     # -- loading and saving ---------------------------------------------------------------------
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str = "auto") -> RewardModel:
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        device: str = "auto",
+        embedding_cache: str | Path | None = None,
+    ) -> RewardModel:
         """Load a run folder (``experiment`` / ``simulate`` / server run_dir) or a saved folder.
+
+        ``embedding_cache`` (frozen mode): a folder of cached backbone embeddings, e.g. the
+        ``.cache/embeddings`` training filled; texts seen before are not embedded again, which
+        is what makes scoring thousands of best-of-N candidates quick.
 
         Raises:
             DataError: the folder has no published model or report, or they do not match.
@@ -151,7 +176,7 @@ class RewardModel:
         )
         model = build_model(config, shapes, len(user_types), torch_device)
         load_global_model(model, folder / MODEL_FILE)
-        return cls(config, model, backbone, user_types, report, folder)
+        return cls(config, model, backbone, user_types, report, folder, embedding_cache)
 
     def save_pretrained(self, path: str | Path) -> Path:
         """Write a folder :meth:`from_pretrained` loads: report/config, weights, prior, card.
@@ -382,11 +407,18 @@ class RewardModel:
         return self.model.decoder(features, c)[0].float().cpu().numpy()
 
     def _embed(self, texts: list[str]) -> torch.Tensor:
+        if self._cache is not None:
+            self._cache.fill(texts, self._embed_numpy, batch_size=EMBED_BATCH)
+            return torch.from_numpy(self._cache.get(texts)).to(self.device)
         parts = [
             self.embedder.embed(texts[i : i + EMBED_BATCH]).float()
             for i in range(0, len(texts), EMBED_BATCH)
         ]
         return torch.cat(parts).to(self.device)
+
+    @torch.no_grad()
+    def _embed_numpy(self, texts: list[str]) -> np.ndarray:
+        return self.embedder.embed(texts).float().cpu().numpy()
 
 
 def _context_batch(chosen: torch.Tensor, rejected: torch.Tensor, device: torch.device):
@@ -427,11 +459,16 @@ def as_text(item: Any, completion: bool = False) -> str:
 
 
 def _read_report(folder: Path) -> dict[str, Any]:
+    """The run's report, or a server round checkpoint's ``run.json`` (config and user types;
+    its accuracy and privacy facts are in the run's report, written when the run ends)."""
     path = folder / REPORT_FILE
+    if not path.is_file() and (folder / CHECKPOINT_RUN_FILE).is_file():
+        path = folder / CHECKPOINT_RUN_FILE
     if not path.is_file():
         raise DataError(
-            f"{path} does not exist: give a run folder (experiment/simulate OUT, a server run_dir) "
-            "or a folder written by RewardModel.save_pretrained"
+            f"{folder / REPORT_FILE} does not exist: give a run folder (experiment/simulate OUT, "
+            "a server run_dir), a server round checkpoint or a folder RewardModel.save_pretrained "
+            "wrote"
         )
     try:
         report = json.loads(path.read_text(encoding="utf-8"))

@@ -62,19 +62,34 @@ def resolve_backbone_path(name_or_path: str) -> str | None:
     return str(path)
 
 
-def _tiny_causal_model() -> tuple[nn.Module, object]:
-    """A two-layer Llama from a config plus a character-level tokenizer built in memory."""
+def tiny_char_tokenizer(eos: bool = False) -> object:
+    """A character-level tokenizer built in memory (printable ASCII and newline): no files.
+
+    ``eos`` adds an end-of-sequence token after the characters (a generating policy needs one;
+    the reward backbone's vocabulary stays as its tests and federations were built with).
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaModel, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     alphabet = [chr(c) for c in range(32, 127)] + ["\n"]
     vocab = {"<pad>": 0, "<unk>": 1, **{ch: i + 2 for i, ch in enumerate(alphabet)}}
+    if eos:
+        vocab["<eos>"] = len(vocab)
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
     tok.decoder = decoders.Fuse()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>")
-    config = LlamaConfig(
-        vocab_size=len(vocab),
+    special = {"eos_token": "<eos>"} if eos else {}
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", **special
+    )
+
+
+def tiny_llama_config(vocab_size: int, eos_token_id: int | None = None) -> object:
+    """The two-layer Llama shape the tests' causal-LM paths use (reward backbone and policy)."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=vocab_size,
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
@@ -82,9 +97,17 @@ def _tiny_causal_model() -> tuple[nn.Module, object]:
         num_key_value_heads=4,
         max_position_embeddings=4096,
         pad_token_id=0,
+        **({} if eos_token_id is None else {"eos_token_id": eos_token_id}),
     )
+
+
+def _tiny_causal_model() -> tuple[nn.Module, object]:
+    """A two-layer Llama from a config plus the character-level tokenizer."""
+    from transformers import LlamaModel
+
+    tokenizer = tiny_char_tokenizer()
     torch.manual_seed(0)  # the tiny model must be the same in every process of a federation
-    return LlamaModel(config), tokenizer
+    return LlamaModel(tiny_llama_config(len(tokenizer))), tokenizer
 
 
 class Backbone(nn.Module):

@@ -7,7 +7,9 @@ Layout under the checkpoint folder::
     round-0003/prior.safetensors    the mixture prior (log_pi, prior_var, prototypes; ll_offset
                                     with the likelihood posterior)
     round-0003/optimizer.pt         server optimizer state (FedAdam moments)
-    round-0003/adapter/             peft adapter folder (lora mode; a NOTE file in frozen mode)
+    round-0003/run.json             run config and user types: RewardModel.from_pretrained loads
+                                    the folder on its own
+    round-0003/adapter/             peft adapter folder (lora mode only)
 
 A round folder is written under a temporary name and renamed into place, then ``state.json`` is
 replaced atomically; a crash at any point leaves the previous complete round intact. The attempt

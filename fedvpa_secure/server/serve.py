@@ -28,7 +28,7 @@ from fedvpa_secure.server.coordinator import Coordinator, Hooks, RoundOutcome, o
 from fedvpa_secure.server.learner import ServerLearner, checked_sums, state_arrays
 from fedvpa_secure.server.servicer import FederationServicer
 from fedvpa_secure.server.settings import LimitSettings, ServerSettings
-from fedvpa_secure.train.model_io import MODEL_FILE, save_global_model
+from fedvpa_secure.train.model_io import CHECKPOINT_RUN_FILE, MODEL_FILE, save_global_model
 from fedvpa_secure.transport import serde, tls
 from fedvpa_secure.transport.pki import load_registry
 
@@ -106,7 +106,7 @@ class ServerRun:
 
         def extra(folder: Path) -> None:
             self.learner.save_optimizer(folder / "optimizer.pt")
-            _save_adapter(self.learner, folder / "adapter")
+            _make_loadable(self.learner, folder, round_index + 1)
 
         name = self.store.save_round(round_index + 1, weights, extra)
         record = {
@@ -257,18 +257,23 @@ def start_grpc(
     return server, port
 
 
-def _save_adapter(learner: ServerLearner, folder: Path) -> None:
-    """peft adapter folder in lora mode; in frozen mode a note (there is no adapter)."""
-    folder.mkdir(parents=True, exist_ok=True)
+def _make_loadable(learner: ServerLearner, folder: Path, round_number: int) -> None:
+    """What makes a round folder a model on its own: ``RewardModel.from_pretrained`` reads the
+    run config from ``run.json``; in lora mode the adapter is also a standard peft folder."""
+    write_json_atomic(
+        folder / CHECKPOINT_RUN_FILE,
+        {
+            "method": learner.cfg.method,
+            "protocol": learner.protocol,
+            "user_types": learner.user_types,
+            "checkpoint_round": round_number,
+            "config": learner.cfg.to_dict(),
+        },
+    )
     backbone = getattr(learner.model, "backbone", None)
     inner = getattr(backbone, "model", None)
     if learner.cfg.model.mode == "lora" and hasattr(inner, "save_pretrained"):
-        inner.save_pretrained(str(folder))
-        return
-    (folder / "NOTE.txt").write_text(
-        "frozen mode: the backbone is not fine-tuned, so there is no peft adapter; the trained "
-        "heads and prior are in ../model.safetensors\n"
-    )
+        inner.save_pretrained(str(folder / "adapter"))
 
 
 def serve(settings: ServerSettings, *, resume: bool = False) -> int:

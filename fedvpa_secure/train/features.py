@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -47,6 +48,38 @@ def _all_texts(clients: Sequence[ClientData]) -> list[str]:
     return [t for c in clients for p in c.pairs for t in (p.text_a(), p.text_b())]
 
 
+def fill_embedding_cache(
+    backbone: Backbone,
+    texts: Sequence[str],
+    cache_dir: str,
+    label: str,
+    batch_size: int = 32,
+) -> tuple[EmbeddingCache, dict]:
+    """Embed whatever of ``texts`` the on-disk cache lacks (with a progress bar); the cache
+    then serves every text. The info dict says how much was embedded now and how long it took.
+    """
+    dim = backbone.info.hidden_size
+    cache = EmbeddingCache(cache_dir, backbone.info.key, dim)
+    missing = len(cache.missing(texts))
+
+    @torch.inference_mode()
+    def embed_batch(batch: list[str]) -> np.ndarray:
+        return backbone.embed(batch).float().cpu().numpy()
+
+    start = time.perf_counter()
+    if missing:
+        with progress_bar(f"embedding {missing} texts with {label}", missing) as advance:
+            cache.fill(texts, embed_batch, batch_size=batch_size, progress=advance)
+    info = {
+        "mode": "frozen",
+        "cache_dir": str(cache.directory),
+        "texts": len(set(texts)),
+        "embedded_now": missing,
+        "embedding_seconds": round(time.perf_counter() - start, 2),
+    }
+    return cache, info
+
+
 def prepare_clients(
     train: Sequence[ClientData],
     evaluation: Sequence[ClientData],
@@ -80,28 +113,9 @@ def prepare_clients(
         )
     for p in backbone.parameters():
         p.requires_grad_(False)
-    cache = EmbeddingCache(cache_dir, backbone.info.key, dim)
-    texts = _all_texts(train) + _all_texts(evaluation)
-    missing = len(cache.missing(texts))
-
-    @torch.inference_mode()
-    def embed_batch(batch: list[str]) -> np.ndarray:
-        return backbone.embed(batch).float().cpu().numpy()
-
-    import time
-
-    start = time.perf_counter()
-    if missing:
-        with progress_bar(f"embedding {missing} texts with {cfg.backbone}", missing) as advance:
-            cache.fill(texts, embed_batch, batch_size=batch_size, progress=advance)
-    seconds = time.perf_counter() - start
-    info = {
-        "mode": "frozen",
-        "cache_dir": str(cache.directory),
-        "texts": len(set(texts)),
-        "embedded_now": missing,
-        "embedding_seconds": round(seconds, 2),
-    }
+    cache, info = fill_embedding_cache(
+        backbone, _all_texts(train) + _all_texts(evaluation), cache_dir, cfg.backbone, batch_size
+    )
     return PreparedClients(
         frozen_client_tensors(train, user_types, cache.get),
         frozen_client_tensors(evaluation, user_types, cache.get),

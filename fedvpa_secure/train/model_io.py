@@ -16,6 +16,8 @@ from fedvpa_secure.errors import DataError
 from fedvpa_secure.model.preference_model import PreferenceModel
 
 MODEL_FILE = "model.safetensors"
+CHECKPOINT_RUN_FILE = "run.json"
+"""A server round checkpoint's run config and user types: what makes the folder loadable alone."""
 
 
 def published_state(model: PreferenceModel) -> dict[str, torch.Tensor]:

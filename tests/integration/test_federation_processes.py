@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+from fedvpa_secure import RewardModel
 from fedvpa_secure.cli import main as cli_main
 from fedvpa_secure.commands.simulate import prepare_run
 from tests.integration.fedkit import CLI, ENV, TINY
@@ -159,8 +160,18 @@ def test_simulate_three_clients_then_audit(tmp_path: Path, capsys) -> None:
     assert report["completed_rounds"] == 2 and report["secure"] is True
     assert 0.0 <= report["accuracy"]["overall"] <= 1.0
     round_dir = out / "checkpoints" / "round-0002"
-    for name in ("model.safetensors", "prior.safetensors", "optimizer.pt", "adapter/NOTE.txt"):
+    for name in ("model.safetensors", "prior.safetensors", "optimizer.pt", "run.json"):
         assert (round_dir / name).exists(), name
+    assert not (round_dir / "adapter").exists()  # frozen mode: no adapter to publish
+    # the last round's checkpoint is a model on its own, equal to the published one
+    from_checkpoint = RewardModel.from_pretrained(round_dir, device="cpu")
+    published = RewardModel.from_pretrained(out, device="cpu")
+    prompts, responses = ["Human: a cat or a dog?"] * 2, ["A cat.", "A dog."]
+    np.testing.assert_allclose(
+        from_checkpoint.score(prompts, responses, prototype=0),
+        published.score(prompts, responses, prototype=0),
+        atol=1e-6,
+    )
     assert (out / "training.png").exists()
     assert cli_main(["audit", str(out)]) == 0
     _assert_equals_in_process(out, ["c000", "c001", "c002"], rounds=2)

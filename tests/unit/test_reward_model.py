@@ -236,3 +236,121 @@ def test_a_method_without_a_latent_refuses_a_profile(model: RewardModel) -> None
             monolithic.score(["p"], ["r"], prototype=0)
     finally:
         monolithic.model.spec = model.config.spec  # the module's model is shared
+
+
+def test_the_reward_function_drives_a_trl_grpo_trainer(model: RewardModel, tmp_path: Path) -> None:
+    """Two GRPO steps of a tiny config-built policy, rewarded by the published model: every
+    completion TRL scores gets exactly the product's score, and the logged mean reward is theirs.
+    """
+    pytest.importorskip("trl")
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    from fedvpa_secure.alignment.generate import load_causal_lm
+
+    policy, tokenizer = load_causal_lm("tiny-causal")
+    reward = model.reward_function(prototype=0)
+    calls: list[tuple[list[str], list[str], list[float]]] = []
+
+    def recorded(prompts, completions, **kwargs):
+        values = reward(prompts, completions, **kwargs)
+        calls.append((list(prompts), list(completions), values))
+        return values
+
+    prompts = Dataset.from_list([{"prompt": f"Human: tell me about pet {i}"} for i in range(4)])
+    args = GRPOConfig(
+        output_dir=str(tmp_path),
+        max_steps=2,
+        per_device_train_batch_size=4,
+        num_generations=4,
+        max_completion_length=8,
+        learning_rate=1e-3,
+        logging_steps=1,
+        report_to="none",
+        save_strategy="no",
+        use_cpu=True,
+        gradient_checkpointing=False,
+        disable_tqdm=True,
+    )
+    trainer = GRPOTrainer(
+        model=policy,
+        reward_funcs=recorded,
+        args=args,
+        train_dataset=prompts,
+        processing_class=tokenizer,
+    )
+    trainer.train()
+    assert len(calls) == 2
+    for call_prompts, completions, values in calls:
+        assert len(values) == len(completions) == 4
+        expected = model.score(call_prompts, completions, prototype=0)
+        assert values == pytest.approx(expected.tolist(), abs=1e-5)
+    logged = [row["reward"] for row in trainer.state.log_history if "reward" in row]
+    assert logged == pytest.approx([float(np.mean(v)) for _, _, v in calls], abs=1e-4)
+
+
+def test_the_card_of_an_in_process_user_dp_run_matches_its_audit(tmp_path: Path) -> None:
+    """``experiment --user-dp-epsilon`` (SecAgg in process, server ledger): the saved card's
+    user-level epsilon and delta are the ledger's, re-verified; no record-level claim is made."""
+    from privacy.audit import audit_path
+
+    out = tmp_path / "udp"
+    code = cli_main([
+        "experiment", "--protocol", "synthetic", "--clients", "5", "--eval-clients", "2",
+        "--pairs-per-client", "16", "--rounds", "2", "--local-steps", "2", "--context-size", "8",
+        "--query-size", "4", "--user-dp-epsilon", "6", "--secure-agg", "--device", "cpu",
+        "--cache-dir", CACHE, "--out", str(out),
+    ])  # fmt: skip
+    assert code == 0
+    saved = RewardModel.from_pretrained(out, device="cpu").save_pretrained(tmp_path / "saved")
+    card = json.loads((saved / "model_card.json").read_text())
+    audit = audit_path(out)
+    assert audit.ok
+    (ledger,) = [led for led in audit.ledgers if led.rows]
+    user = card["privacy"]["user_level"]
+    assert user["epsilon"] == pytest.approx(ledger.rows[-1].epsilon_recomputed, rel=1e-9)
+    assert user["delta"] == ledger.genesis.delta
+    assert 0 < user["epsilon"] <= 6.0
+    assert card["privacy"]["record_level"] is None
+    readme = (saved / "README.md").read_text()
+    assert f"epsilon {user['epsilon']:.3f}" in readme or f"epsilon {user['epsilon']:.4g}" in readme
+    assert "ledger audit (1 ledgers re-verified): passed" in readme
+
+
+HH = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "hh-rlhf"
+
+
+@pytest.mark.skipif(not HH.is_dir(), reason="needs the HH-RLHF copy in ../shared/data")
+def test_label_real_hh_rows_into_a_dpo_dataset_that_trains(run, tmp_path: Path) -> None:
+    """HH-RLHF's own dialogue layout in, TRL's DPO layout out: ``datasets`` loads it with the
+    three columns, ``score`` reads the same file, and ``dpo`` trains two steps on it."""
+    import gzip
+
+    pytest.importorskip("trl")
+    from datasets import load_dataset
+
+    with gzip.open(HH / "harmless-base" / "test_dev.jsonl.gz", "rt") as handle:
+        lines = handle.read().splitlines()[:6]
+    pool = tmp_path / "hh.jsonl"
+    pool.write_text("\n".join(lines) + "\n")
+    dpo = tmp_path / "dpo.jsonl"
+    argv = ["label", str(run[0]), "--prototype", "1", "--pairs", str(pool), "--out", str(dpo)]
+    assert cli_main([*argv, "--device", "cpu"]) == 0
+    dataset = load_dataset("json", data_files=str(dpo), split="train")
+    assert dataset.column_names == ["prompt", "chosen", "rejected"]
+    assert len(dataset) == 6
+    for row, line in zip(dataset, lines, strict=True):
+        original = json.loads(line)
+        assert row["prompt"].endswith("\n\nAssistant: ")
+        written = {row["prompt"] + row["chosen"], row["prompt"] + row["rejected"]}
+        # the dialogues come back whole (less HH's leading blank line); the order is the model's
+        assert written == {original["chosen"].lstrip(), original["rejected"].lstrip()}
+    scores = tmp_path / "scores.jsonl"
+    argv = ["score", str(run[0]), "--prototype", "1", "--input", str(pool), "--out", str(scores)]
+    assert cli_main([*argv, "--device", "cpu"]) == 0
+    assert len(scores.read_text().splitlines()) == 6
+    policy = tmp_path / "policy"
+    argv = ["dpo", "--pairs", str(dpo), "--policy", "tiny-causal", "--steps", "2"]
+    assert cli_main([*argv, "--batch-size", "3", "--device", "cpu", "--out", str(policy)]) == 0
+    report = json.loads((policy / "dpo_report.json").read_text())
+    assert report["pairs"] == 6 and len(report["history"]) == 2
