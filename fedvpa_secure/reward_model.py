@@ -146,10 +146,10 @@ class RewardModel:
         from fedvpa_secure.server.settings import experiment_from_dict
 
         folder = Path(path)
-        report = _read_report(folder)
+        report, report_path = _read_report(folder)
         raw_config = report.get("config")
         if not isinstance(raw_config, dict):
-            raise DataError(f"{folder / REPORT_FILE} holds no run config; is this a run folder?")
+            raise DataError(f"{report_path} holds no run config; is this a run folder?")
         if not (folder / MODEL_FILE).is_file():
             raise DataError(
                 f"{folder / MODEL_FILE} does not exist: the run did not publish its model (it "
@@ -158,7 +158,7 @@ class RewardModel:
         try:
             config = experiment_from_dict(raw_config)
         except ConfigError as err:
-            raise DataError(f"{folder / REPORT_FILE}: its run config is invalid: {err}") from err
+            raise DataError(f"{report_path}: its run config is invalid: {err}") from err
         user_types = report.get("user_types") or []
         torch_device = pick_device(device)
         backbone = Backbone(config.model.backbone, config.model.max_length).to(torch_device)
@@ -262,8 +262,12 @@ class RewardModel:
                 f"method {self.config.method!r} has no user latent: score with it directly, "
                 "without a profile"
             )
-        chosen = self._embed([join_prompt_response(p.prompt, p.chosen) for p in context])
-        rejected = self._embed([join_prompt_response(p.prompt, p.rejected) for p in context])
+        chosen = self._embed(
+            [join_prompt_response(p.prompt, p.chosen) for p in context], persist=False
+        )
+        rejected = self._embed(
+            [join_prompt_response(p.prompt, p.rejected) for p in context], persist=False
+        )
         batch = _context_batch(chosen, rejected, self.device)
         resp = None
         if self.model.likelihood_posterior:
@@ -406,10 +410,26 @@ class RewardModel:
         c = None if cond is None else cond.reshape(1, 1, -1)
         return self.model.decoder(features, c)[0].float().cpu().numpy()
 
-    def _embed(self, texts: list[str]) -> torch.Tensor:
-        if self._cache is not None:
+    def _embed(self, texts: list[str], persist: bool = True) -> torch.Tensor:
+        """Backbone embeddings, through the embedding cache when there is one. ``persist=False``
+        (a user's private context pairs) reads the cache but never writes to it: the cache is a
+        shared folder, and its text hashes would tell anyone with access which pairs a user
+        labelled."""
+        if self._cache is not None and persist:
             self._cache.fill(texts, self._embed_numpy, batch_size=EMBED_BATCH)
             return torch.from_numpy(self._cache.get(texts)).to(self.device)
+        if self._cache is not None:
+            missing = self._cache.missing(texts)
+            fresh = dict(zip(missing, self._embed_uncached(missing).cpu(), strict=True))
+            rows = [
+                fresh[t] if t in fresh else torch.from_numpy(self._cache.get([t])[0]) for t in texts
+            ]
+            return torch.stack(rows).to(self.device)
+        return self._embed_uncached(texts)
+
+    def _embed_uncached(self, texts: list[str]) -> torch.Tensor:
+        if not texts:
+            return torch.zeros(0, self.embedder.info.hidden_size, device=self.device)
         parts = [
             self.embedder.embed(texts[i : i + EMBED_BATCH]).float()
             for i in range(0, len(texts), EMBED_BATCH)
@@ -458,7 +478,7 @@ def as_text(item: Any, completion: bool = False) -> str:
     return "\n\n".join(turns)
 
 
-def _read_report(folder: Path) -> dict[str, Any]:
+def _read_report(folder: Path) -> tuple[dict[str, Any], Path]:
     """The run's report, or a server round checkpoint's ``run.json`` (config and user types;
     its accuracy and privacy facts are in the run's report, written when the run ends)."""
     path = folder / REPORT_FILE
@@ -476,7 +496,7 @@ def _read_report(folder: Path) -> dict[str, Any]:
         raise DataError(f"{path} cannot be read as JSON: {err}") from err
     if not isinstance(report, dict):
         raise DataError(f"{path} is not a run report (expected a JSON object)")
-    return report
+    return report, path
 
 
 # -- the model card ----------------------------------------------------------------------------
@@ -505,6 +525,7 @@ def model_card(report: dict[str, Any], config: ExperimentConfig) -> dict[str, An
             "user_level": privacy.get("user_level"),
         },
         "audit": report.get("audit"),
+        "checkpoint_round": report.get("checkpoint_round"),
     }
 
 
@@ -553,6 +574,16 @@ def render_card(card: dict[str, Any]) -> str:
         "## Privacy",
         "",
     ]
+    if card.get("checkpoint_round") is not None:
+        lines += [
+            f"- unknown here: this is the server's checkpoint of round {card['checkpoint_round']}; "
+            "the run's privacy facts are in its report.json and ledgers (run `fedvpa-secure "
+            "audit` on the run folder), written when the run ends",
+            "",
+            _LOAD_LINE,
+            "",
+        ]
+        return "\n".join(lines)
     lines.append(_user_level_line(user))
     audit = card.get("audit") or {}
     ledger_record = (audit.get("epsilon_by_unit") or {}).get("record/clients")
@@ -578,10 +609,11 @@ def render_card(card: dict[str, Any]) -> str:
         lines.append(f"- ledger audit ({audit.get('ledgers')} ledgers re-verified): {verdict}")
     else:
         lines.append("- ledger audit: no ledgers (the run recorded no privacy events)")
-    lines += [
-        "",
-        "Load it with `fedvpa_secure.RewardModel.from_pretrained(path)`; personalise with a "
-        "user's own labelled pairs (`personalize`, computed locally) and score with `score`.",
-        "",
-    ]
+    lines += ["", _LOAD_LINE, ""]
     return "\n".join(lines)
+
+
+_LOAD_LINE = (
+    "Load it with `fedvpa_secure.RewardModel.from_pretrained(path)`; personalise with a "
+    "user's own labelled pairs (`personalize`, computed locally) and score with `score`."
+)

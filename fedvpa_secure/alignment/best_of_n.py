@@ -29,7 +29,7 @@ class WinRate:
     high: float
     prompts: int
 
-    def to_dict(self) -> dict[str, float]:
+    def to_dict(self) -> dict[str, float | int]:
         return asdict(self)
 
     def __str__(self) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,10 +43,12 @@ class DPOSettings:
     def __post_init__(self) -> None:
         if self.policy not in GENERATORS:
             raise ConfigError(f"--policy {self.policy!r} unknown; choose one of {list(GENERATORS)}")
-        if self.steps < 1 or self.batch_size < 1:
-            raise ConfigError("--steps and --batch-size must be >= 1")
-        if self.learning_rate <= 0 or self.beta <= 0:
-            raise ConfigError("--learning-rate and --beta must be > 0")
+        if self.steps < 1 or self.batch_size < 1 or self.max_length < 8:
+            raise ConfigError("--steps and --batch-size must be >= 1 and --max-length >= 8")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ConfigError(f"--learning-rate must be a number > 0, got {self.learning_rate}")
+        if not (math.isfinite(self.beta) and self.beta > 0):
+            raise ConfigError(f"--beta must be a number > 0, got {self.beta}")
 
 
 def load_pairs(path: str | Path) -> Any:
@@ -65,6 +68,8 @@ def load_pairs(path: str | Path) -> Any:
             row = json.loads(line)
         except json.JSONDecodeError as err:
             raise DataError(f"{path}:{number}: not JSON ({err.msg})") from err
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{number}: expected a JSON object with {DPO_COLUMNS}")
         missing = [c for c in DPO_COLUMNS if not isinstance(row.get(c), str)]
         if missing:
             raise DataError(f"{path}:{number}: no text for {missing}; label writes {DPO_COLUMNS}")

@@ -49,12 +49,16 @@ class SamplingConfig:
             raise ConfigError("top_p must be in (0, 1] and temperature > 0")
 
 
-def generation_prompt(prompt: str) -> str:
-    """An HH-layout prompt ("\\n\\nHuman: ...") followed by the assistant's turn marker."""
+def canonical_prompt(prompt: str) -> str:
+    """An HH-layout prompt as the dialogue files write it inside a pair (a blank line before
+    "Human: ..."), however its leading and trailing whitespace was given."""
     text = prompt.rstrip()
-    if not text.startswith("\n\n"):
-        text = "\n\n" + text.lstrip()
-    return text + ASSISTANT
+    return text if text.startswith("\n\n") else "\n\n" + text.lstrip()
+
+
+def generation_prompt(prompt: str) -> str:
+    """The prompt followed by the assistant's turn marker: what a base model continues."""
+    return canonical_prompt(prompt) + ASSISTANT
 
 
 def cut_turn(completion: str) -> str:
@@ -68,8 +72,10 @@ def cut_turn(completion: str) -> str:
 
 
 def prompt_seed(prompt: str, seed: int) -> int:
-    """A sampling seed fixed by the run's seed and the prompt's text (public: this is data)."""
-    digest = hashlib.sha256(f"{seed}\0{prompt}".encode()).digest()
+    """A sampling seed fixed by the run's seed and the prompt's canonical text (public: it
+    drives data, not privacy): a prompt with or without its leading blank line gets the same
+    candidates."""
+    digest = hashlib.sha256(f"{seed}\0{canonical_prompt(prompt)}".encode()).digest()
     return int.from_bytes(digest[:8], "big") >> 1
 
 

@@ -42,7 +42,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=defaults.device,
         help="auto takes cuda when present",
     )
-    p.add_argument("--seed", type=int, default=defaults.seed, help="data order and init")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=defaults.seed,
+        help="data order (the tiny policy's init is fixed)",
+    )
     p.set_defaults(func=run)
 
 

@@ -42,6 +42,9 @@ def save_global_model(model: PreferenceModel, path: str | Path) -> Path:
 def load_global_model(model: PreferenceModel, path: str | Path) -> PreferenceModel:
     """Load a published state into ``model`` (built from the run's config); strict on names.
 
+    A server round checkpoint holds the whole state dict; its frozen backbone tensors (the
+    public base weights the model was just built from) are the one accepted extra, and skipped.
+
     Raises:
         DataError: the file is missing, or its tensors do not match the model's.
     """
@@ -52,6 +55,8 @@ def load_global_model(model: PreferenceModel, path: str | Path) -> PreferenceMod
         raise DataError(f"{source} does not exist: the run did not publish its global model")
     state = load_file(str(source))
     expected = published_state(model)
+    frozen = set(model.state_dict()) - set(expected)
+    state = {name: tensor for name, tensor in state.items() if name not in frozen}
     if set(state) != set(expected):
         missing = sorted(set(expected) - set(state))[:5]
         extra = sorted(set(state) - set(expected))[:5]

@@ -172,6 +172,13 @@ def test_simulate_three_clients_then_audit(tmp_path: Path, capsys) -> None:
         published.score(prompts, responses, prototype=0),
         atol=1e-6,
     )
+    first_round = RewardModel.from_pretrained(out / "checkpoints" / "round-0001", device="cpu")
+    moved = first_round.score(prompts, responses, prototype=0)
+    assert np.abs(moved - published.score(prompts, responses, prototype=0)).max() > 1e-6  # control
+    # a checkpoint's card does not guess the run's privacy facts: it points at the run's ledgers
+    card = (from_checkpoint.save_pretrained(tmp_path / "saved") / "README.md").read_text()
+    assert "unknown here: this is the server's checkpoint of round 2" in card
+    assert "none (no" not in card
     assert (out / "training.png").exists()
     assert cli_main(["audit", str(out)]) == 0
     _assert_equals_in_process(out, ["c000", "c001", "c002"], rounds=2)

@@ -41,6 +41,14 @@ def test_a_lora_run_publishes_a_model_with_a_peft_adapter(tmp_path: Path) -> Non
     assert (saved / "adapter" / "adapter_config.json").is_file()
     again = RewardModel.from_pretrained(saved, device="cpu")
     np.testing.assert_allclose(again.score(["Human: hi"], ["Hello there."], prototype=0), scores)
+    # the server's round checkpoint (whole state dict, frozen base weights included) is the same
+    # model, and its adapter/ is a peft folder too
+    round_dir = out / "checkpoints" / "round-0001"
+    checkpoint = RewardModel.from_pretrained(round_dir, device="cpu")
+    np.testing.assert_allclose(
+        checkpoint.score(["Human: hi"], ["Hello there."], prototype=0), scores, rtol=1e-6
+    )
+    assert (round_dir / "adapter" / "adapter_config.json").is_file()
 
     def embedding(backbone: Backbone) -> torch.Tensor:
         with torch.no_grad():

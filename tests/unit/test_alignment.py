@@ -27,6 +27,7 @@ from fedvpa_secure.alignment.generate import (
     SamplingConfig,
     cut_turn,
     generation_prompt,
+    prompt_seed,
 )
 from fedvpa_secure.alignment.gold import fit_gold
 from fedvpa_secure.data.protocols import HARMLESS_FIRST, HELPFUL_FIRST, Candidate
@@ -135,17 +136,19 @@ def test_gold_rewards_learn_each_types_preference_per_domain() -> None:
     assert on_helpful[0] > on_helpful[1]
 
 
-def test_gold_control_type_blind_labels_give_types_that_agree() -> None:
-    """Control: if the labels ignored the type, the two gold rewards would agree; the test
-    above would then fail, so it does measure the type."""
-    gold = fit_gold(
-        _planted_candidates(120, type_blind=True),
-        [HARMLESS_FIRST, HELPFUL_FIRST],
-        _embed_with_planted_direction,
-    )
-    w_a = gold.weights[(HARMLESS_FIRST, "harmless")]
-    w_b = gold.weights[(HELPFUL_FIRST, "harmless")]
-    assert np.allclose(w_a, w_b)
+def test_gold_control_without_a_planted_preference_is_at_chance() -> None:
+    """Control: with embeddings that carry no preference signal the same fit is near chance,
+    so the > 0.95 above measures the planted preference, not the fitting code."""
+
+    def no_signal(texts):
+        return np.array([
+            np.random.default_rng(int.from_bytes(hashlib.sha256(t.encode()).digest()[:4]))
+            .normal(size=8)
+            for t in texts
+        ])  # fmt: skip
+
+    gold = fit_gold(_planted_candidates(120), [HARMLESS_FIRST, HELPFUL_FIRST], no_signal)
+    assert gold.held_out[HELPFUL_FIRST]["harmless"] < 0.8
 
 
 def test_gold_refuses_too_few_pairs_with_a_clear_error() -> None:
@@ -159,6 +162,9 @@ def test_generation_prompt_and_turn_cut() -> None:
     assert cut_turn(" Sure, here.\n\nHuman: more?") == "Sure, here."
     assert cut_turn(" ok\nHuman: x\nAssistant: y") == "ok"
     assert cut_turn("no marker") == "no marker"
+    # the dialogue files' leading blank line does not change which candidates a prompt gets
+    assert prompt_seed("Human: hi", 3) == prompt_seed("\n\nHuman: hi ", 3)
+    assert prompt_seed("Human: hi", 3) != prompt_seed("Human: hi", 4)
 
 
 def test_sampling_settings_are_checked() -> None:
@@ -232,8 +238,14 @@ def test_dpo_input_errors_name_the_file_and_line(tmp_path: Path) -> None:
     bad.write_text('{"prompt": "p", "chosen": "c"}\n')
     with pytest.raises(DataError, match=r"bad.jsonl:1: no text for \['rejected'\]"):
         load_pairs(bad)
+    not_object = tmp_path / "list.jsonl"
+    not_object.write_text('["p", "c", "r"]\n')
+    with pytest.raises(DataError, match=r"list.jsonl:1: expected a JSON object"):
+        load_pairs(not_object)
     with pytest.raises(ConfigError, match="--steps"):
         DPOSettings(steps=0)
+    with pytest.raises(ConfigError, match="--learning-rate"):
+        DPOSettings(learning_rate=float("nan"))
 
 
 @pytest.mark.slow

@@ -354,3 +354,30 @@ def test_label_real_hh_rows_into_a_dpo_dataset_that_trains(run, tmp_path: Path) 
     assert cli_main([*argv, "--batch-size", "3", "--device", "cpu", "--out", str(policy)]) == 0
     report = json.loads((policy / "dpo_report.json").read_text())
     assert report["pairs"] == 6 and len(report["history"]) == 2
+
+
+def test_the_embedding_cache_scores_alike_and_never_stores_a_users_context(
+    run, model: RewardModel, tmp_path: Path
+) -> None:
+    from fedvpa_secure.data.types import join_prompt_response
+    from fedvpa_secure.model.embedding_cache import EmbeddingCache
+
+    cached = RewardModel.from_pretrained(run[0], device="cpu", embedding_cache=tmp_path)
+    _, context = _user(run[1])
+    prompts, responses = ["Human: cats or dogs?"] * 2, ["Cats, clearly.", "Dogs, clearly."]
+    profile = cached.personalize(context)
+    assert profile.z == pytest.approx(model.personalize(context).z, abs=1e-5)
+    np.testing.assert_allclose(
+        cached.score(prompts, responses, profile=profile),
+        model.score(prompts, responses, profile=profile),
+        atol=1e-5,
+    )
+    info = model.embedder.info
+    on_disk = EmbeddingCache(tmp_path, info.key, info.hidden_size)
+    private = [join_prompt_response(c.prompt, c.chosen) for c in context]
+    assert on_disk.missing(private) == private  # the user's pairs never reached the shared folder
+    scored = [join_prompt_response(p, r) for p, r in zip(prompts, responses, strict=True)]
+    assert on_disk.missing(scored) == []  # control: what score embedded was stored
+    lora = replace(model.config, model=replace(model.config.model, mode="lora"))
+    with pytest.raises(ConfigError, match="frozen backbone only"):
+        RewardModel(lora, model.model, model.embedder, model.user_types, {}, None, tmp_path)
