@@ -31,6 +31,11 @@ from fedvpa_secure.client.policy import (
     check_user_dp,
     record_dp_config,
 )
+from fedvpa_secure.client.preflight import (
+    check_client_id,
+    check_server_address,
+    check_user_type,
+)
 from fedvpa_secure.client.privacy_hook import open_client_ledger, open_user_ledger
 from fedvpa_secure.client.settings import ClientSettings
 from fedvpa_secure.client.user_dp import check_share, check_weight, noisy_layout, privatize
@@ -44,6 +49,7 @@ from fedvpa_secure.transport import serde, tls
 from fedvpa_secure.transport.chunking import iter_chunks, reassemble
 from fedvpa_secure.transport.pki import load_identity, load_registry
 from fedvpa_secure.transport.secure_update import config_from_json, layout_for, split_update
+from fedvpa_secure.transport.tls import tls_failure
 from privacy import BudgetExceeded, DistributedNoiseEvent, PrivacyError
 
 log = logging.getLogger("fedvpa_secure.client")
@@ -128,6 +134,7 @@ class FederatedClient:
         user_type: str | None = None,
         device: str | None = None,
         learner: Any = None,
+        connect_timeout_s: float | None = None,
     ) -> None:
         self.server = server
         self.client_id = client_id
@@ -135,8 +142,14 @@ class FederatedClient:
         self.data_dir = data_dir
         self.user_type = user_type
         self.device = device or settings.device
+        check_server_address(server)
+        check_user_type(user_type)
         self.identity = load_identity(settings.identity)
         self.registry = load_registry(settings.registry)
+        check_client_id(client_id, self.registry, settings.cert)
+        self.connect_timeout_s = (
+            settings.reconnect_s if connect_timeout_s is None else (connect_timeout_s)
+        )
         self.contributions = Contributions(settings.state_dir / "contributions.json")
         self.channel = grpc.secure_channel(
             server,
@@ -155,10 +168,13 @@ class FederatedClient:
 
     # -- connection -----------------------------------------------------------------------------
 
-    def _call(self, fn, *args, **kwargs):
-        """Retry while the server is unavailable (e.g. restarting), up to ``reconnect_s``."""
-        deadline = time.monotonic() + self.settings.reconnect_s
-        delay = 0.2
+    def _call(self, fn, *args, reconnect_s: float | None = None, **kwargs):
+        """Retry while the server is unreachable (restarting, a link down), saying so, for up to
+        ``reconnect_s`` (default: the config's); a certificate that fails verification is not
+        retried: it will not get better by waiting."""
+        window = self.settings.reconnect_s if reconnect_s is None else reconnect_s
+        start = time.monotonic()
+        delay, next_note = 0.2, 0.0
         while True:
             try:
                 return fn(*args, **kwargs)
@@ -168,8 +184,21 @@ class FederatedClient:
                     grpc.StatusCode.DEADLINE_EXCEEDED,
                 ):
                     raise
-                if time.monotonic() >= deadline:
+                tls_problem = tls_failure(err.details() or "")
+                if tls_problem:
+                    raise ProtocolError(f"server {self.server}: {tls_problem}") from err
+                waited = time.monotonic() - start
+                if waited >= window:
                     raise
+                if waited >= next_note:
+                    log.info(
+                        "client %s: server %s not reachable (%s); retrying for up to %.0f s more",
+                        self.client_id,
+                        self.server,
+                        err.code().name,
+                        window - waited,
+                    )
+                    next_note = waited + 10.0
                 time.sleep(delay)
                 delay = min(2.0, delay * 1.5)
 
@@ -177,10 +206,12 @@ class FederatedClient:
         policy = self.settings.policy
         for line in policy.describe():  # before anything is sent: what this client accepts
             log.info("client %s policy: %s", self.client_id, line)
+        log.info("client %s: connecting to %s", self.client_id, self.server)
         resp = self._call(
             self.stub.Join,
             pb.JoinRequest(client_id=self.client_id, protocol_version=PROTOCOL_VERSION),
             timeout=10.0,
+            reconnect_s=self.connect_timeout_s,
         )
         if not resp.secure and not policy.allow_plain:
             raise PolicyViolation("secure", False, "true: this client never uploads unmasked")

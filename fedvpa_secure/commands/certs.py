@@ -41,6 +41,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(private keys mode 0600). Refuses a folder that already holds a CA.",
     )
     init.add_argument("--out", required=True, help="the operator's folder")
+    init.add_argument(
+        "--server-address",
+        action="append",
+        default=None,
+        metavar="HOST",
+        help="an address clients dial (IP or host name, no port; repeat for each); clients "
+        "refuse a server whose certificate does not name the address they dial (default: "
+        "localhost, 127.0.0.1 and ::1, one machine only)",
+    )
     init.set_defaults(func=run_init)
 
     request = actions.add_parser(
@@ -93,10 +102,12 @@ def _no_action(args: argparse.Namespace) -> int:
 
 
 def run_init(args: argparse.Namespace) -> int:
-    from fedvpa_secure.transport.pki import init_operator
+    from fedvpa_secure.transport.pki import LOOPBACK_ADDRESSES, init_operator
 
-    files = init_operator(args.out)
+    addresses = args.server_address or list(LOOPBACK_ADDRESSES)
+    files = init_operator(args.out, addresses)
     print(f"wrote the CA, the server certificate and an empty registry to {args.out}")
+    print(f"the server certificate names {', '.join(addresses)}: clients must dial one of them")
     print(f"keep {files.ca_key} and {files.server_key} private; give clients {files.ca}")
     return 0
 

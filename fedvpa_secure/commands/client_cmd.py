@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from fedvpa_secure.commands.argtypes import positive_float
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -33,6 +35,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "is (e.g. helpful-first); its pairs are labelled as that type labels them",
     )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
+    p.add_argument(
+        "--connect-timeout",
+        type=positive_float,
+        default=60.0,
+        help="seconds to keep trying the first connection (later drops are retried for the "
+        "config's reconnect_s)",
+    )
     p.set_defaults(func=run)
 
 
@@ -57,11 +66,17 @@ def run(args: argparse.Namespace) -> int:
         data_dir=args.data,
         user_type=args.user_type,
         device=args.device,
+        connect_timeout_s=args.connect_timeout,
     )
     try:
         return client.run()
     except grpc.RpcError as err:  # the server refused us or went away for good
-        raise ProtocolError(f"server {args.server}: {err.code().name}: {err.details()}") from err
+        hint = ""
+        if err.code() is grpc.StatusCode.UNAVAILABLE:
+            hint = " (gave up retrying: is the server running, and reachable at that address?)"
+        raise ProtocolError(
+            f"server {args.server}: {err.code().name}: {err.details()}{hint}"
+        ) from err
     finally:
         client.close()
 

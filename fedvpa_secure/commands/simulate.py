@@ -154,7 +154,11 @@ def prepare_run(args: argparse.Namespace) -> tuple[Path, list[str], dict[str, Pa
     from fedvpa_secure.commands.certs import client_ids
     from fedvpa_secure.server.learner import load_run_data
     from fedvpa_secure.server.settings import experiment_from_dict
-    from fedvpa_secure.transport.pki import client_files, make_loopback_federation
+    from fedvpa_secure.transport.pki import (
+        LOOPBACK_ADDRESSES,
+        client_files,
+        make_loopback_federation,
+    )
 
     out = Path(args.out).resolve()
     if (out / "checkpoints" / "state.json").exists():
@@ -164,7 +168,7 @@ def prepare_run(args: argparse.Namespace) -> tuple[Path, list[str], dict[str, Pa
     ids = client_ids(args.clients)
     certs = out / "certs"  # the operator's (CA, server) folder: no client private key
     keys = {cid: out / "clients" / cid / "keys" for cid in ids}  # each client's own
-    make_loopback_federation(certs, keys)
+    make_loopback_federation(certs, keys, getattr(args, "server_addresses", LOOPBACK_ADDRESSES))
     per_round = args.clients_per_round or args.clients
     experiment = {
         "method": args.method,

@@ -112,6 +112,8 @@ class Coordinator:
             collections.deque
         )
         self._last_seen: dict[str, float] = {}
+        # (stage start, when half its clients had answered): the straggler clock of a stage
+        self._half_answered_at: tuple[float, float] | None = None
         self._session: ServerSession | None = None
         self._plain: dict[str, dict[str, np.ndarray]] | None = None
         self._participants: frozenset[str] = frozenset()
@@ -518,7 +520,9 @@ class Coordinator:
         ``liveness=False`` for the stage that includes local training (clients do not poll
         while they train), where only the deadline counts.
         """
-        deadline = time.monotonic() + deadline_s
+        start = time.monotonic()
+        deadline = start + deadline_s
+        asked = len(pending())
         with self._cv:
             while not self._stop.is_set():
                 waiting = pending()
@@ -528,6 +532,8 @@ class Coordinator:
                 if now >= deadline:
                     log.warning("stage deadline passed; %d clients did not answer", len(waiting))
                     return
+                if not liveness:
+                    deadline = min(deadline, self._straggler_deadline(start, now, asked, waiting))
                 silent = [
                     u
                     for u in waiting
@@ -537,6 +543,25 @@ class Coordinator:
                     log.warning("%d pending clients went silent; closing the stage", len(silent))
                     return
                 self._cv.wait(min(0.5, deadline - now))
+
+    def _straggler_deadline(self, start: float, now: float, asked: int, waiting: Any) -> float:
+        """When a training stage stops waiting for its stragglers: once half the clients asked
+        have answered, the rest get ``straggler_factor`` times as long again as the stage has
+        taken (at least ``stage_deadline_s``). Until then, and with factor 0, no limit here."""
+        factor = self.settings.straggler_factor
+        if factor <= 0 or 2 * (asked - len(waiting)) < asked:
+            return float("inf")
+        if self._half_answered_at is None or self._half_answered_at[0] != start:
+            self._half_answered_at = (start, now)
+            log.info(
+                "%d of %d clients answered in %.1f s; the rest get %.1f s more",
+                asked - len(waiting),
+                asked,
+                now - start,
+                max(self.settings.stage_deadline_s, factor * (now - start)),
+            )
+        half = self._half_answered_at[1]
+        return half + max(self.settings.stage_deadline_s, factor * (half - start))
 
     def _mailbox_pending(self, ids: Any) -> bool:
         return any(self._mailbox.get(u) for u in ids)

@@ -108,6 +108,11 @@ class RoundSettings:
     train_deadline_s: float = 300.0
     stage_deadline_s: float = 60.0
     liveness_s: float = 5.0
+    # Training sends no heartbeat, so a client whose link died mid-training looks like a slow
+    # one. Once at least half the clients asked have answered, the rest get as long again as
+    # the stage has taken (at least stage_deadline_s) times this factor; 0: wait for
+    # train_deadline_s.
+    straggler_factor: float = 1.0
     join_timeout_s: float = 600.0
     max_attempts: int = 3
     alternate_plain: bool = False  # benchmarks only: every other round in the clear
@@ -128,6 +133,10 @@ class RoundSettings:
         for name in ("train_deadline_s", "stage_deadline_s", "liveness_s", "join_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"rounds.{name}={getattr(self, name)} is invalid: expected > 0")
+        if not self.straggler_factor >= 0:
+            raise ConfigError(
+                f"rounds.straggler_factor={self.straggler_factor} is invalid: expected >= 0"
+            )
         if self.max_attempts < 1:
             raise ConfigError(f"rounds.max_attempts={self.max_attempts} is invalid: expected >= 1")
 

@@ -27,8 +27,10 @@ import contextlib
 import datetime as dt
 import fcntl
 import hashlib
+import ipaddress
 import json
 import os
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +56,9 @@ _REQUEST_LABEL = b"fedvpa-secure/v1/client-request\x00"
 _IDENTITY_URI = "urn:fedvpa-secure:identity:ed25519:"
 # names a client certificate must never carry: the server certificate's names
 RESERVED_IDS = frozenset({SERVER_NAME, "localhost"})
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
 
 
 @dataclass(frozen=True)
@@ -217,12 +222,48 @@ def make_ca(
     return cert, key
 
 
-def init_operator(folder: str | Path) -> OperatorFiles:
-    """Operator step 1: a CA, the server's key and certificate, and an empty registry.
+LOOPBACK_ADDRESSES = ("localhost", "127.0.0.1", "::1")
+"""The server certificate's names when the operator gives none: one machine only."""
+
+
+def server_names(addresses: Sequence[str]) -> list[x509.GeneralName]:
+    """Subject alternative names for the server: IP addresses as IP SANs, host names as DNS
+    SANs. Clients verify the address they dial against these, so a certificate stolen from
+    another server, or a client's own, cannot stand in for this one.
 
     Raises:
-        ConfigError: the folder already holds a CA (a new one would orphan every signed client).
+        ConfigError: an empty or malformed address.
     """
+    names: list[x509.GeneralName] = [x509.DNSName(SERVER_NAME)]
+    for address in addresses:
+        text = address.strip().strip("[]")
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(text)))
+            continue
+        except ValueError:
+            pass
+        if not _HOSTNAME.fullmatch(text):
+            raise ConfigError(
+                f"--server-address {address!r} is neither an IP address nor a host name (give "
+                "the address clients dial, without a port, e.g. 10.0.0.5 or fed.example.org)"
+            )
+        names.append(x509.DNSName(text.lower()))
+    return names
+
+
+def init_operator(
+    folder: str | Path, server_addresses: Sequence[str] = LOOPBACK_ADDRESSES
+) -> OperatorFiles:
+    """Operator step 1: a CA, the server's key and certificate, and an empty registry.
+
+    ``server_addresses`` are what clients will dial (host names or IP addresses); the server
+    certificate names each one and clients check it, so list every name and address clients use.
+
+    Raises:
+        ConfigError: the folder already holds a CA (a new one would orphan every signed client),
+            or an address is malformed.
+    """
+    sans = server_names(server_addresses)
     files = operator_files(folder)
     if files.ca_key.exists() or files.registry.exists():
         raise ConfigError(
@@ -236,7 +277,7 @@ def init_operator(folder: str | Path) -> OperatorFiles:
         server_key.public_key(),
         _ca_name(ca_cert),
         ca_key,
-        sans=[x509.DNSName(SERVER_NAME), x509.DNSName("localhost")],
+        sans=sans,
         usage=[ExtendedKeyUsageOID.SERVER_AUTH],
     )
     _write(files.server_cert, _pem(server_cert))
@@ -475,7 +516,9 @@ def sign_request(
 
 
 def make_loopback_federation(
-    operator_folder: str | Path, client_folders: Mapping[str, str | Path]
+    operator_folder: str | Path,
+    client_folders: Mapping[str, str | Path],
+    server_addresses: Sequence[str] = LOOPBACK_ADDRESSES,
 ) -> dict[str, str]:
     """Both steps on one machine (demos, tests, ``simulate``): init, then request + sign each.
 
@@ -495,7 +538,7 @@ def make_loopback_federation(
             )
     if len({Path(f).resolve() for f in client_folders.values()}) != len(client_folders):
         raise ConfigError("every client needs its own folder")
-    files = init_operator(operator_folder)
+    files = init_operator(operator_folder, server_addresses)
     for cid, folder in client_folders.items():
         make_request(cid, folder)
         sign_request(operator_folder, client_files(folder).request, out=folder)

@@ -1,7 +1,8 @@
 """mTLS credentials for gRPC and the authenticated peer id.
 
 The server requires a client certificate signed by the federation CA (``require_client_auth``),
-and a client only trusts a server certificate from that CA. The client id is the certificate's
+and a client only trusts a server certificate from that CA that names the address it dialled
+(``certs init --server-address``). The client id is the certificate's
 common name (also a DNS SAN); servicers compare it with every id a message claims, so a client
 cannot speak for another. gRPC Python offers no switch to pin TLS 1.3: grpc core negotiates 1.3
 with any current peer but would still accept a peer limited to TLS 1.2.
@@ -16,7 +17,8 @@ import grpc
 from fedvpa_secure.errors import ConfigError
 
 SERVER_NAME = "fedvpa-server"
-"""The name the server certificate is issued for; clients check it (target name override)."""
+"""The server certificate's common name. Clients do not check this name: they check that the
+certificate names the address they dialled (its IP or DNS subject alternative names)."""
 
 
 def _read(path: str | Path, what: str) -> bytes:
@@ -47,9 +49,13 @@ def channel_credentials(
 
 
 def channel_options(max_message_bytes: int) -> list[tuple[str, object]]:
-    """Options every channel uses: the server name to verify and the message size limits."""
+    """Options every channel uses: reconnect backoff and message size limits. There is
+    deliberately no target name override: gRPC verifies the dialled host against the server
+    certificate's names."""
     return [
-        ("grpc.ssl_target_name_override", SERVER_NAME),
+        # after a link comes back, reconnect within seconds (gRPC's default backoff grows to 2 min)
+        ("grpc.initial_reconnect_backoff_ms", 500),
+        ("grpc.max_reconnect_backoff_ms", 5000),
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
     ]
@@ -65,3 +71,21 @@ def peer_client_id(context: grpc.ServicerContext) -> str | None:
         return names[0].decode("ascii")
     except UnicodeDecodeError:
         return None
+
+
+def tls_failure(details: str) -> str | None:
+    """Why a connection failed, when the reason is the server's certificate: a failure that
+    retrying cannot fix (None when the error says nothing about certificates)."""
+    if "Hostname Verification" in details or "Peer name" in details:
+        return (
+            "its certificate does not name the address dialled; dial an address it names, or "
+            "have the operator list every address clients use (`certs init --server-address`)"
+        )
+    if "unsupported certificate purpose" in details:
+        return "it presented a certificate that is not a server certificate: refused"
+    if "CERTIFICATE_VERIFY_FAILED" in details:
+        return (
+            "its certificate is not signed by this federation's CA (tls.ca in client.toml); "
+            "check the address and the CA file"
+        )
+    return None

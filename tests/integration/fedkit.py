@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import threading
@@ -223,3 +224,35 @@ def federate(coordinator, server, clients: list[FederatedClient], settle_s: floa
         server.stop(1.0).wait()
         for c in clients:
             c.close()
+
+
+def simulate_args(
+    out: Path, cache: Path, clients: int, rounds: int, **kw: Any
+) -> argparse.Namespace:
+    """The arguments ``simulate``'s ``prepare_run`` takes, for a tiny synthetic federation
+    whose processes a test starts itself; ``kw`` overrides any of them."""
+    ns = dict(
+        out=str(out),
+        clients=clients,
+        clients_per_round=0,
+        rounds=rounds,
+        protocol="synthetic",
+        data=None,
+        method="fedvpa-gp",
+        backbone="tiny-causal",
+        max_length=64,
+        pairs_per_client=16,
+        eval_clients=3,
+        local_steps=2,
+        seed=0,
+        server_optimizer="avg",
+        plain=False,
+        stage_deadline=20.0,
+        timeout=240.0,
+        cache_dir=str(cache),
+        dp_epsilon=0.0,  # these tests check the secure-aggregation math; DP has its own tests
+        dp_delta=1e-5,
+        user_dp_epsilon=0.0,
+    )
+    ns.update(kw)
+    return argparse.Namespace(**ns)

@@ -347,10 +347,10 @@ def test_demo_writes_the_two_sides_apart(tmp_path: Path) -> None:
 
 def test_simulate_keeps_client_keys_in_each_clients_folder(tmp_path: Path) -> None:
     from fedvpa_secure.commands.simulate import prepare_run
-    from tests.integration.test_federation_processes import _args
+    from tests.integration.fedkit import simulate_args
 
     out = tmp_path / "run"
-    _server_toml, ids, files = prepare_run(_args(out, tmp_path / "cache", 3, 1))
+    _server_toml, ids, files = prepare_run(simulate_args(out, tmp_path / "cache", 3, 1))
     keys = {cid: out / "clients" / cid / "keys" for cid in ids}
     _assert_holds_no_secret_of(out / "certs", keys)
     for cid in ids:
@@ -358,3 +358,62 @@ def test_simulate_keeps_client_keys_in_each_clients_folder(tmp_path: Path) -> No
         assert {Path(p).parent for p in tls_paths.values()} == {keys[cid]}
         for secret in (client_files(keys[cid]).key, client_files(keys[cid]).identity):
             assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+
+
+def _join_at(host: str, port: int, client: Path, cid: str) -> str:
+    """Join by dialling ``host``; returns the run id or the failure's one-line reason."""
+    f = client_files(client)
+    channel = grpc.secure_channel(
+        f"{host}:{port}",
+        tls.channel_credentials(f.ca, f.cert, f.key),
+        options=tls.channel_options(1 << 20),
+    )
+    with channel:
+        request = pb.JoinRequest(client_id=cid, protocol_version=PROTOCOL_VERSION)
+        try:
+            return pb_grpc.FederationStub(channel).Join(request, timeout=5).run_id
+        except grpc.RpcError as err:
+            return tls.tls_failure(err.details() or "") or f"{err.code().name}: {err.details()}"
+
+
+def test_clients_verify_the_address_they_dial_and_the_servers_purpose(tmp_path: Path) -> None:
+    """The server certificate names what clients dial (``--server-address``); a client refuses
+    a server certificate that does not name the dialled address, and a client certificate
+    presented as a server's (its EKU says client) even where its name matches."""
+    op, clients = tmp_path / "op", {"c000": tmp_path / "c0", "127.0.0.1": tmp_path / "evil"}
+    clients |= {"c002": tmp_path / "c2"}
+    assert _cli("init", "--out", op, "--server-address", "localhost") == 0
+    for cid, folder in clients.items():
+        make_request(cid, folder)
+        sign_request(op, client_files(folder).request, out=folder)
+    _coordinator, server, port = start_toy_server(op, _rounds(), ToyServer())
+    try:
+        assert _join_at("localhost", port, clients["c000"], "c000") == "toy"  # control
+        refused = _join_at("127.0.0.1", port, clients["c000"], "c000")
+        assert "does not name the address dialled" in refused
+    finally:
+        server.stop(0)
+    # an impostor serves with the certificate of a client registered as "127.0.0.1"
+    impostor = tmp_path / "impostor"
+    impostor.mkdir()
+    for name in ("ca.pem", "registry.json"):
+        (impostor / name).write_bytes((op / name).read_bytes())
+    evil = client_files(clients["127.0.0.1"])
+    (impostor / "server.pem").write_bytes(evil.cert.read_bytes())
+    (impostor / "server.key").write_bytes(evil.key.read_bytes())
+    _coordinator, server, port = start_toy_server(impostor, _rounds(), ToyServer())
+    try:
+        refused = _join_at("127.0.0.1", port, clients["c000"], "c000")
+        assert "not a server certificate" in refused
+    finally:
+        server.stop(0)
+
+
+def test_server_addresses_become_ip_and_dns_names(tmp_path: Path, capsys) -> None:
+    from fedvpa_secure.transport.pki import server_names
+
+    names = server_names(["10.0.0.5", "[fd00::5]", "Fed.Example.org"])
+    assert [type(n).__name__ for n in names] == ["DNSName", "IPAddress", "IPAddress", "DNSName"]
+    assert names[-1].value == "fed.example.org"
+    assert _cli("init", "--out", tmp_path / "x", "--server-address", "10.0.0.5:50051") == 2
+    assert "neither an IP address nor a host name" in capsys.readouterr().err

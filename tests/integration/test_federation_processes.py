@@ -5,7 +5,6 @@ Kept CI-sized with the deterministic tiny backbone (frozen mode) and a private e
 
 from __future__ import annotations
 
-import argparse
 import json
 import signal
 import socket
@@ -20,37 +19,9 @@ from safetensors.numpy import load_file
 from fedvpa_secure import RewardModel
 from fedvpa_secure.cli import main as cli_main
 from fedvpa_secure.commands.simulate import prepare_run
-from tests.integration.fedkit import CLI, ENV, TINY
+from tests.integration.fedkit import CLI, ENV, TINY, simulate_args
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-def _args(out: Path, cache: Path, clients: int, rounds: int, **kw) -> argparse.Namespace:
-    ns = dict(
-        out=str(out),
-        clients=clients,
-        clients_per_round=0,
-        rounds=rounds,
-        protocol="synthetic",
-        data=None,
-        method="fedvpa-gp",
-        backbone="tiny-causal",
-        max_length=64,
-        pairs_per_client=16,
-        eval_clients=3,
-        local_steps=2,
-        seed=0,
-        server_optimizer="avg",
-        plain=False,
-        stage_deadline=20.0,
-        timeout=240.0,
-        cache_dir=str(cache),
-        dp_epsilon=0.0,  # these tests check the secure-aggregation math; DP has its own tests
-        dp_delta=1e-5,
-        user_dp_epsilon=0.0,
-    )
-    ns.update(kw)
-    return argparse.Namespace(**ns)
 
 
 def _free_port() -> int:
@@ -66,7 +37,7 @@ class Run:
         self.out = tmp / "run"
         self.port = _free_port()
         self.server_toml, self.ids, self.files = prepare_run(
-            _args(self.out, tmp / "cache", clients, rounds, **kw)
+            simulate_args(self.out, tmp / "cache", clients, rounds, **kw)
         )
         text = self.server_toml.read_text().replace("127.0.0.1:0", f"127.0.0.1:{self.port}")
         self.server_toml.write_text(text)

@@ -1,0 +1,74 @@
+"""A client that goes quiet while training (a dead link looks exactly like a slow client: training
+sends no heartbeat) holds the round for at most the straggler window, not the train deadline.
+Control: with ``straggler_factor = 0`` the same round waits for the slow client."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from fedvpa_secure.server.coordinator import Hooks
+from fedvpa_secure.server.settings import RoundSettings
+
+from .fedkit import ToyLearner, ToyServer, federate, make_certs, start_toy_server, toy_clients
+
+SLOW_S = 6.0
+
+
+class SlowLearner(ToyLearner):
+    """c004 trains for SLOW_S seconds; the others at once."""
+
+    def train_round(self, global_state: dict, tau: float, model_version: str) -> dict:
+        if self.index == 4:
+            time.sleep(SLOW_S)
+        return super().train_round(global_state, tau, model_version)
+
+
+class TimedToyServer(ToyServer):
+    """Remembers when the round's sum was applied: the round's end, whatever the clients do."""
+
+    applied_at: float = 0.0
+
+    def hooks(self) -> Hooks:
+        hooks = super().hooks()
+
+        def apply(round_index: int, sums: dict, outcome: object) -> None:
+            self.applied_at = time.monotonic()
+            hooks.apply_sums(round_index, sums, outcome)
+
+        return replace(hooks, apply_sums=apply)
+
+
+def _round(tmp: Path, straggler_factor: float) -> tuple[int, float]:
+    certs, ids = make_certs(tmp / "certs", 5)
+    rounds = RoundSettings(
+        rounds=1,
+        clients_per_round=5,
+        min_survivors=3,
+        train_deadline_s=60.0,
+        stage_deadline_s=1.0,
+        liveness_s=3.0,
+        join_timeout_s=20.0,
+        max_attempts=1,
+        straggler_factor=straggler_factor,
+    )
+    toy = TimedToyServer()
+    coordinator, server, port = start_toy_server(certs, rounds, toy)
+    clients = toy_clients(certs, ids, port, tmp / "state", learner=SlowLearner)
+    started = time.monotonic()
+    # settle until the slow client has finished too, so no thread outlives its channel
+    federate(coordinator, server, clients, settle_s=SLOW_S + 1.0)
+    return int(toy.sums[0]["weight"][0]), toy.applied_at - started
+
+
+def test_a_silent_trainer_is_dropped_after_the_straggler_window(tmp_path: Path) -> None:
+    summed, seconds = _round(tmp_path / "a", straggler_factor=1.0)
+    assert summed == 4  # c004 left out
+    assert seconds < SLOW_S  # the round did not wait for it
+
+
+def test_control_without_the_straggler_rule_the_round_waits(tmp_path: Path) -> None:
+    summed, seconds = _round(tmp_path / "b", straggler_factor=0.0)
+    assert summed == 5
+    assert seconds >= SLOW_S
