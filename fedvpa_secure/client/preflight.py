@@ -9,6 +9,7 @@ has (the run's own protocol is checked again after Join, when the client knows i
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -18,32 +19,37 @@ from cryptography.x509.oid import NameOID
 from fedvpa_secure.data.protocols import PROTOCOLS
 from fedvpa_secure.errors import ConfigError
 
+_ADDRESS = re.compile(r"\[(?P<v6>[^\[\]]+)\]:(?P<p6>\d{1,5})|(?P<host>[^:\[\]]+):(?P<port>\d{1,5})")
+
 
 def check_server_address(address: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) as (host, port).
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) as (host, port), IP addresses in canonical form.
 
     Raises:
-        ConfigError: no port, a port outside 1-65535, or an empty host.
+        ConfigError: no port, a port outside 1-65535, a malformed IP, or an empty host.
     """
-    host, sep, port_text = address.rpartition(":")
-    if not sep or not host or (":" in host and not host.startswith("[")):
+    match = _ADDRESS.fullmatch(address.strip())
+    if match is None:
         raise ConfigError(
             f"--server {address!r} needs HOST:PORT (e.g. 10.0.0.5:50051, fed.example.org:50051, "
             "[fd00::5]:50051): the port the server's config `address` listens on"
         )
-    try:
-        port = int(port_text)
-    except ValueError:
-        port = 0
+    host = match["v6"] or match["host"]
+    port = int(match["p6"] or match["port"])
     if not 1 <= port <= 65535:
         raise ConfigError(f"--server {address!r}: the port must be a number in 1..65535")
-    host = host.strip("[]")
-    if host.replace(".", "").isdigit():
+    if match["v6"] or host.replace(".", "").isdigit():
         try:
-            ipaddress.ip_address(host)
+            host = ipaddress.ip_address(host).compressed
         except ValueError as err:
             raise ConfigError(f"--server {address!r}: {host!r} is not an IP address") from err
     return host, port
+
+
+def dial_target(host: str, port: int) -> str:
+    """The gRPC target for (host, port): IPv6 in brackets, in the canonical form the server
+    certificate's IP names are compared with."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def check_client_id(client_id: str, registry: Mapping[str, bytes], cert: Path) -> None:

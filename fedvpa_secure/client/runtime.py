@@ -35,6 +35,7 @@ from fedvpa_secure.client.preflight import (
     check_client_id,
     check_server_address,
     check_user_type,
+    dial_target,
 )
 from fedvpa_secure.client.privacy_hook import open_client_ledger, open_user_ledger
 from fedvpa_secure.client.settings import ClientSettings
@@ -142,7 +143,7 @@ class FederatedClient:
         self.data_dir = data_dir
         self.user_type = user_type
         self.device = device or settings.device
-        check_server_address(server)
+        server = dial_target(*check_server_address(server))
         check_user_type(user_type)
         self.identity = load_identity(settings.identity)
         self.registry = load_registry(settings.registry)
@@ -168,10 +169,11 @@ class FederatedClient:
 
     # -- connection -----------------------------------------------------------------------------
 
-    def _call(self, fn, *args, reconnect_s: float | None = None, **kwargs):
+    def _call(self, fn, *args, reconnect_s: float | None = None, first: bool = False, **kwargs):
         """Retry while the server is unreachable (restarting, a link down), saying so, for up to
-        ``reconnect_s`` (default: the config's); a certificate that fails verification is not
-        retried: it will not get better by waiting."""
+        ``reconnect_s`` (default: the config's). On the ``first`` contact a certificate that
+        fails verification ends the client at once (it will not get better by waiting); later
+        it is logged and retried, since a clock or a certificate can be fixed mid-run."""
         window = self.settings.reconnect_s if reconnect_s is None else reconnect_s
         start = time.monotonic()
         delay, next_note = 0.2, 0.0
@@ -185,17 +187,18 @@ class FederatedClient:
                 ):
                     raise
                 tls_problem = tls_failure(err.details() or "")
-                if tls_problem:
+                if tls_problem and first:
                     raise ProtocolError(f"server {self.server}: {tls_problem}") from err
                 waited = time.monotonic() - start
                 if waited >= window:
                     raise
                 if waited >= next_note:
-                    log.info(
+                    log.log(
+                        logging.WARNING if tls_problem else logging.INFO,
                         "client %s: server %s not reachable (%s); retrying for up to %.0f s more",
                         self.client_id,
                         self.server,
-                        err.code().name,
+                        tls_problem or err.code().name,
                         window - waited,
                     )
                     next_note = waited + 10.0
@@ -212,6 +215,7 @@ class FederatedClient:
             pb.JoinRequest(client_id=self.client_id, protocol_version=PROTOCOL_VERSION),
             timeout=10.0,
             reconnect_s=self.connect_timeout_s,
+            first=True,
         )
         if not resp.secure and not policy.allow_plain:
             raise PolicyViolation("secure", False, "true: this client never uploads unmasked")

@@ -52,6 +52,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     init.set_defaults(func=run_init)
 
+    server_cert = actions.add_parser(
+        "server-cert",
+        help="operator: a new server certificate under the existing CA, naming new addresses",
+        description="Write DIR/server.pem and server.key again, naming every --server-address; "
+        "the CA and every signed client stay valid. Restart the server to use it.",
+    )
+    server_cert.add_argument("--ca-dir", required=True, help="the operator's folder")
+    server_cert.add_argument(
+        "--server-address",
+        action="append",
+        required=True,
+        metavar="HOST",
+        help="an address clients dial (IP or host name, no port); repeat for each",
+    )
+    server_cert.set_defaults(func=run_server_cert)
+
     request = actions.add_parser(
         "request",
         help="client: make this client's private keys and the request for the operator",
@@ -109,6 +125,14 @@ def run_init(args: argparse.Namespace) -> int:
     print(f"wrote the CA, the server certificate and an empty registry to {args.out}")
     print(f"the server certificate names {', '.join(addresses)}: clients must dial one of them")
     print(f"keep {files.ca_key} and {files.server_key} private; give clients {files.ca}")
+    return 0
+
+
+def run_server_cert(args: argparse.Namespace) -> int:
+    from fedvpa_secure.transport.pki import reissue_server_certificate
+
+    path = reissue_server_certificate(args.ca_dir, args.server_address)
+    print(f"wrote {path} naming {', '.join(args.server_address)}; restart the server to use it")
     return 0
 
 

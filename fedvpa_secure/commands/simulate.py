@@ -221,6 +221,11 @@ def prepare_run(args: argparse.Namespace) -> tuple[Path, list[str], dict[str, Pa
             "stage_deadline_s": args.stage_deadline,
             "train_deadline_s": max(600.0, args.stage_deadline),
             "join_timeout_s": 300.0,
+            **(
+                {"straggler_factor": args.straggler_factor}
+                if getattr(args, "straggler_factor", None) is not None
+                else {}
+            ),
         },
         "experiment": {k: v for k, v in experiment.items() if not isinstance(v, dict)},
     }

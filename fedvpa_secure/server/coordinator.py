@@ -112,8 +112,6 @@ class Coordinator:
             collections.deque
         )
         self._last_seen: dict[str, float] = {}
-        # (stage start, when half its clients had answered): the straggler clock of a stage
-        self._half_answered_at: tuple[float, float] | None = None
         self._session: ServerSession | None = None
         self._plain: dict[str, dict[str, np.ndarray]] | None = None
         self._participants: frozenset[str] = frozenset()
@@ -514,26 +512,42 @@ class Coordinator:
         pending: Callable[[], frozenset[str] | set[str]],
         deadline_s: float,
         liveness: bool = True,
+        quorum: int = 0,
     ) -> None:
         """Until nobody is pending, every pending client went silent, or the deadline passed.
 
         ``liveness=False`` for the stage that includes local training (clients do not poll
-        while they train), where only the deadline counts.
+        while they train): there the deadline counts, and the straggler window
+        (:meth:`_straggler_window`) once ``quorum`` clients (what the round needs to finish)
+        and half of those asked have really answered.
         """
         start = time.monotonic()
         deadline = start + deadline_s
-        asked = len(pending())
         with self._cv:
+            asked = set(pending())
+            window_open = False
             while not self._stop.is_set():
                 waiting = pending()
                 if not waiting:
                     return
                 now = time.monotonic()
+                answered = len(asked - set(waiting) - self._declined.keys())
+                if not (liveness or window_open) and self._quorum_reached(
+                    answered, len(asked), quorum
+                ):
+                    window_open = True
+                    deadline = min(deadline, now + self._straggler_window(now - start))
+                    log.info(
+                        "%d of %d clients answered in %.1f s; the rest get %.1f s more",
+                        answered,
+                        len(asked),
+                        now - start,
+                        deadline - now,
+                    )
                 if now >= deadline:
-                    log.warning("stage deadline passed; %d clients did not answer", len(waiting))
+                    why = "straggler window closed" if window_open else "stage deadline passed"
+                    log.warning("%s; %d clients did not answer", why, len(waiting))
                     return
-                if not liveness:
-                    deadline = min(deadline, self._straggler_deadline(start, now, asked, waiting))
                 silent = [
                     u
                     for u in waiting
@@ -544,24 +558,16 @@ class Coordinator:
                     return
                 self._cv.wait(min(0.5, deadline - now))
 
-    def _straggler_deadline(self, start: float, now: float, asked: int, waiting: Any) -> float:
-        """When a training stage stops waiting for its stragglers: once half the clients asked
-        have answered, the rest get ``straggler_factor`` times as long again as the stage has
-        taken (at least ``stage_deadline_s``). Until then, and with factor 0, no limit here."""
-        factor = self.settings.straggler_factor
-        if factor <= 0 or 2 * (asked - len(waiting)) < asked:
-            return float("inf")
-        if self._half_answered_at is None or self._half_answered_at[0] != start:
-            self._half_answered_at = (start, now)
-            log.info(
-                "%d of %d clients answered in %.1f s; the rest get %.1f s more",
-                asked - len(waiting),
-                asked,
-                now - start,
-                max(self.settings.stage_deadline_s, factor * (now - start)),
-            )
-        half = self._half_answered_at[1]
-        return half + max(self.settings.stage_deadline_s, factor * (half - start))
+    def _quorum_reached(self, answered: int, asked: int, quorum: int) -> bool:
+        """Whether the straggler window opens: the rule is on, and enough real answers (not
+        declines) are in for the round to finish without the stragglers."""
+        return self.settings.straggler_factor > 0 and answered >= max(quorum, (asked + 1) // 2)
+
+    def _straggler_window(self, elapsed: float) -> float:
+        """How long the remaining clients get: ``straggler_factor`` times as long again as the
+        stage has taken, at least ``stage_deadline_s``. A client whose link died mid-training
+        looks exactly like a slow one, so without this the round waits for the train deadline."""
+        return max(self.settings.stage_deadline_s, self.settings.straggler_factor * elapsed)
 
     def _mailbox_pending(self, ids: Any) -> bool:
         return any(self._mailbox.get(u) for u in ids)
@@ -588,6 +594,11 @@ class Coordinator:
                 lambda: session.pending() - self._declined.keys(),
                 deadline,
                 liveness=not training,
+                quorum=max(
+                    session.config.threshold,
+                    self.settings.min_survivors,
+                    0 if plan is None else plan.min_survivors,
+                ),
             )
             deadline = self.settings.stage_deadline_s
             with self._cv:
@@ -618,7 +629,12 @@ class Coordinator:
         def pending() -> set[str]:
             return set(chosen) - set(self._plain or {}) - self._declined.keys()
 
-        self._wait_stage(pending, self.settings.train_deadline_s, liveness=False)
+        self._wait_stage(
+            pending,
+            self.settings.train_deadline_s,
+            liveness=False,
+            quorum=self.settings.min_survivors,
+        )
         with self._cv:
             got = dict(self._plain or {})
         if len(got) < self.settings.min_survivors:

@@ -109,8 +109,9 @@ class RoundSettings:
     stage_deadline_s: float = 60.0
     liveness_s: float = 5.0
     # Training sends no heartbeat, so a client whose link died mid-training looks like a slow
-    # one. Once at least half the clients asked have answered, the rest get as long again as
-    # the stage has taken (at least stage_deadline_s) times this factor; 0: wait for
+    # one. Once enough clients have really answered for the round to finish without the rest
+    # (the secagg threshold, min_survivors, t_min, and at least half), the rest get this factor
+    # times as long again as the stage has taken (at least stage_deadline_s); 0: wait for
     # train_deadline_s.
     straggler_factor: float = 1.0
     join_timeout_s: float = 600.0

@@ -238,11 +238,18 @@ def server_names(addresses: Sequence[str]) -> list[x509.GeneralName]:
     for address in addresses:
         text = address.strip().strip("[]")
         try:
-            names.append(x509.IPAddress(ipaddress.ip_address(text)))
-            continue
+            ip = ipaddress.ip_address(text)
         except ValueError:
-            pass
-        if not _HOSTNAME.fullmatch(text):
+            ip = None
+        if ip is not None:
+            if ip.is_unspecified or ip.is_multicast:
+                raise ConfigError(
+                    f"--server-address {address!r} is not an address clients can dial (a "
+                    "server listens on 0.0.0.0; name the address clients use to reach it)"
+                )
+            names.append(x509.IPAddress(ip))
+            continue
+        if not _HOSTNAME.fullmatch(text) or text.replace(".", "").isdigit():
             raise ConfigError(
                 f"--server-address {address!r} is neither an IP address nor a host name (give "
                 "the address clients dial, without a port, e.g. 10.0.0.5 or fed.example.org)"
@@ -286,6 +293,31 @@ def init_operator(
     return files
 
 
+def reissue_server_certificate(folder: str | Path, server_addresses: Sequence[str]) -> Path:
+    """A new server key and certificate under the existing CA, naming ``server_addresses``:
+    the way to add an address (or to upgrade a folder whose certificate predates address
+    names) without re-signing every client.
+
+    Raises:
+        ConfigError: no usable CA in ``folder``, or a malformed address.
+    """
+    files = operator_files(folder)
+    ca_cert, ca_key = _load_ca(files)
+    sans = server_names(server_addresses)
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    server_cert = _issue(
+        SERVER_NAME,
+        server_key.public_key(),
+        _ca_name(ca_cert),
+        ca_key,
+        sans=sans,
+        usage=[ExtendedKeyUsageOID.SERVER_AUTH],
+    )
+    _write(files.server_key, _key_pem(server_key), private=True)
+    _write(files.server_cert, _pem(server_cert))
+    return files.server_cert
+
+
 def _load_ca(files: OperatorFiles) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     try:
         cert = x509.load_pem_x509_certificate(files.ca.read_bytes())
@@ -310,8 +342,22 @@ def _request_payload(client_id: str, csr_der: bytes) -> bytes:
 def _check_id(client_id: str) -> None:
     if not is_valid_id(client_id):
         raise ConfigError(f"client id {client_id!r} is invalid: 1-128 chars of [A-Za-z0-9._:-]")
-    if client_id in RESERVED_IDS:
+    if client_id.lower() in RESERVED_IDS:
         raise ConfigError(f"client id {client_id!r} is reserved for the server; choose another")
+    if _looks_like_address(client_id):
+        raise ConfigError(
+            f"client id {client_id!r} looks like a network address; a client certificate must "
+            "never name what clients dial to reach the server. Choose a plain name (c000)"
+        )
+
+
+def _looks_like_address(name: str) -> bool:
+    """An IP address, or a dotted name (host names are what server certificates carry)."""
+    try:
+        ipaddress.ip_address(name.strip("[]"))
+        return True
+    except ValueError:
+        return "." in name
 
 
 def make_request(client_id: str, folder: str | Path) -> ClientRequest:

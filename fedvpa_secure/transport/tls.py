@@ -79,10 +79,16 @@ def tls_failure(details: str) -> str | None:
     if "Hostname Verification" in details or "Peer name" in details:
         return (
             "its certificate does not name the address dialled; dial an address it names, or "
-            "have the operator list every address clients use (`certs init --server-address`)"
+            "have the operator add it (`certs server-cert --ca-dir CA --server-address ADDR` for "
+            "each address clients use) and restart the server"
         )
     if "unsupported certificate purpose" in details:
         return "it presented a certificate that is not a server certificate: refused"
+    if "expired" in details or "not yet valid" in details:
+        return (
+            "its certificate is expired or not yet valid: check this machine's clock, or have "
+            "the operator issue a new one (`certs server-cert`)"
+        )
     if "CERTIFICATE_VERIFY_FAILED" in details:
         return (
             "its certificate is not signed by this federation's CA (tls.ca in client.toml); "

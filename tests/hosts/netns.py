@@ -8,7 +8,7 @@ switch port looks like to both sides. Everything is removed on exit, on an excep
 interpreter exit and on SIGTERM; :func:`unavailable` says in one line why namespaces cannot be
 made here (not root, no ``ip``), for tests to skip with.
 
-The benchmark ``benchmarks/chaos_soak.py`` and the tests share this module.
+Tests import it; a soak benchmark is meant to share it.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import shutil
 import signal
 import subprocess
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 _LIVE: set[TestNet] = set()
@@ -52,13 +51,15 @@ class TestNet:
     def __init__(self, hosts: Sequence[str]) -> None:
         if len(set(hosts)) != len(hosts) or not hosts or len(hosts) > 250:
             raise ValueError("give 1-250 distinct host names")
-        self.tag = f"{os.getpid() % 100000:05d}{random.randrange(100):02d}"
+        # unique among live networks (pid + random), short enough for 15-character veth names
+        self.tag = f"{os.getpid() % 1000:03d}{random.randrange(10000):04d}"
         self.subnet = f"10.{200 + random.randrange(8)}.{random.randrange(256)}"
         self.switch = f"fvs{self.tag}-sw"
         self.hosts = {name: f"fvs{self.tag}-{i}" for i, name in enumerate(hosts)}
         self._ports = {name: f"s{self.tag}{i}" for i, name in enumerate(hosts)}
         self._address = {name: f"{self.subnet}.{i + 1}" for i, name in enumerate(hosts)}
         self._procs: list[subprocess.Popen[Any]] = []
+        self._made: list[str] = []  # namespaces this instance created, deleted by close()
 
     def __enter__(self) -> TestNet:
         _LIVE.add(self)
@@ -73,21 +74,27 @@ class TestNet:
         self.close()
 
     def _build(self) -> None:
-        _ip("netns", "add", self.switch)
+        self._add_namespace(self.switch)
         self._in(self.switch, "link", "add", "br0", "type", "bridge")
         self._in(self.switch, "link", "set", "br0", "up")
         for name, ns in self.hosts.items():
-            _ip("netns", "add", ns)
-            host_end, switch_end = f"h{self._ports[name][1:]}", self._ports[name]
-            _ip("link", "add", host_end, "type", "veth", "peer", "name", switch_end)
-            _ip("link", "set", host_end, "netns", ns)
-            _ip("link", "set", switch_end, "netns", self.switch)
-            self._in(ns, "link", "set", host_end, "name", "eth0")
+            self._add_namespace(ns)
+            switch_end = self._ports[name]
+            # made inside the switch namespace with its peer placed straight into the host's:
+            # no interface ever exists in the machine's own network namespace
+            self._in(
+                self.switch, "link", "add", switch_end, "type", "veth",
+                "peer", "name", "eth0", "netns", ns,
+            )  # fmt: skip
             self._in(ns, "addr", "add", f"{self._address[name]}/24", "dev", "eth0")
             self._in(ns, "link", "set", "eth0", "up")
             self._in(ns, "link", "set", "lo", "up")
             self._in(self.switch, "link", "set", switch_end, "master", "br0")
             self._in(self.switch, "link", "set", switch_end, "up")
+
+    def _add_namespace(self, ns: str) -> None:
+        _ip("netns", "add", ns)
+        self._made.append(ns)
 
     @staticmethod
     def _in(ns: str, *args: str) -> None:
@@ -115,24 +122,27 @@ class TestNet:
     def link_up(self, host: str) -> None:
         self._in(self.switch, "link", "set", self._ports[host], "up")
 
-    def close(self) -> None:
-        """Kill what runs in the namespaces, then delete them (veths go with them)."""
+    def close(self, wait: bool = True) -> None:
+        """Kill what runs in the namespaces, then delete the namespaces this instance made
+        (their veths go with them). ``wait=False`` from a signal handler."""
         for proc in self._procs:
             if proc.poll() is None:
                 proc.kill()
-                proc.wait()
-        for ns in [*self.hosts.values(), self.switch]:
+                if wait:
+                    proc.wait(timeout=10)
+        for ns in reversed(self._made):
             _ip("netns", "del", ns, check=False)
+        self._made.clear()
         _LIVE.discard(self)
 
 
-def _close_all(*_: object) -> None:
+def _close_all(wait: bool = True) -> None:
     for net in list(_LIVE):
-        net.close()
+        net.close(wait=wait)
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
-    _close_all()
+    _close_all(wait=False)  # no blocking wait inside a signal handler
     signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)
 
@@ -149,8 +159,3 @@ def leftover_namespaces() -> list[str]:
 
 
 __all__ = ["TestNet", "leftover_namespaces", "unavailable"]
-
-if __name__ == "__main__":  # manual check: make two hosts and ping between them
-    with TestNet(["a", "b"]) as net:
-        print(net.run("a", ["ping", "-c", "1", "-W", "1", net.address("b")]).stdout)
-        print(Path("/run/netns").exists())

@@ -380,7 +380,11 @@ def test_clients_verify_the_address_they_dial_and_the_servers_purpose(tmp_path: 
     """The server certificate names what clients dial (``--server-address``); a client refuses
     a server certificate that does not name the dialled address, and a client certificate
     presented as a server's (its EKU says client) even where its name matches."""
-    op, clients = tmp_path / "op", {"c000": tmp_path / "c0", "127.0.0.1": tmp_path / "evil"}
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    from fedvpa_secure.transport import pki
+
+    op, clients = tmp_path / "op", {"c000": tmp_path / "c0", "c001": tmp_path / "c1"}
     clients |= {"c002": tmp_path / "c2"}
     assert _cli("init", "--out", op, "--server-address", "localhost") == 0
     for cid, folder in clients.items():
@@ -393,14 +397,33 @@ def test_clients_verify_the_address_they_dial_and_the_servers_purpose(tmp_path: 
         assert "does not name the address dialled" in refused
     finally:
         server.stop(0)
-    # an impostor serves with the certificate of a client registered as "127.0.0.1"
+    # the operator adds the address under the same CA: the same clients now connect by it
+    assert _cli("server-cert", "--ca-dir", op, "--server-address", "127.0.0.1") == 0
+    _coordinator, server, port = start_toy_server(op, _rounds(), ToyServer())
+    try:
+        assert _join_at("127.0.0.1", port, clients["c000"], "c000") == "toy"
+    finally:
+        server.stop(0)
+    # an address-like client id is refused at request time; a certificate minted for one anyway
+    # (client purpose, as every client certificate) is still refused as a server certificate
+    with pytest.raises(ConfigError, match="looks like a network address"):
+        make_request("127.0.0.1", tmp_path / "evil")
+    ca_cert, ca_key = pki._load_ca(operator_files(op))
+    key = ec.generate_private_key(ec.SECP256R1())
+    forged = pki._issue(
+        "127.0.0.1",
+        key.public_key(),
+        pki._ca_name(ca_cert),
+        ca_key,
+        sans=pki.server_names(["127.0.0.1"])[1:],
+        usage=[ExtendedKeyUsageOID.CLIENT_AUTH],
+    )
     impostor = tmp_path / "impostor"
     impostor.mkdir()
     for name in ("ca.pem", "registry.json"):
         (impostor / name).write_bytes((op / name).read_bytes())
-    evil = client_files(clients["127.0.0.1"])
-    (impostor / "server.pem").write_bytes(evil.cert.read_bytes())
-    (impostor / "server.key").write_bytes(evil.key.read_bytes())
+    (impostor / "server.pem").write_bytes(pki._pem(forged))
+    (impostor / "server.key").write_bytes(pki._key_pem(key))
     _coordinator, server, port = start_toy_server(impostor, _rounds(), ToyServer())
     try:
         refused = _join_at("127.0.0.1", port, clients["c000"], "c000")
@@ -415,5 +438,11 @@ def test_server_addresses_become_ip_and_dns_names(tmp_path: Path, capsys) -> Non
     names = server_names(["10.0.0.5", "[fd00::5]", "Fed.Example.org"])
     assert [type(n).__name__ for n in names] == ["DNSName", "IPAddress", "IPAddress", "DNSName"]
     assert names[-1].value == "fed.example.org"
-    assert _cli("init", "--out", tmp_path / "x", "--server-address", "10.0.0.5:50051") == 2
-    assert "neither an IP address nor a host name" in capsys.readouterr().err
+    for bad in ("10.0.0.5:50051", "10.0.0.256"):
+        assert _cli("init", "--out", tmp_path / "x", "--server-address", bad) == 2
+        assert "neither an IP address nor a host name" in capsys.readouterr().err
+    assert _cli("init", "--out", tmp_path / "x", "--server-address", "0.0.0.0") == 2
+    assert "not an address clients can dial" in capsys.readouterr().err
+    for reserved in ("LOCALHOST", "fed.example.org", "10.0.0.5"):
+        with pytest.raises(ConfigError, match=r"reserved|network address"):
+            make_request(reserved, tmp_path / "r")

@@ -16,13 +16,16 @@ from .fedkit import ToyLearner, ToyServer, federate, make_certs, start_toy_serve
 SLOW_S = 6.0
 
 
-class SlowLearner(ToyLearner):
-    """c004 trains for SLOW_S seconds; the others at once."""
+def slow_learner(slow: set[int]) -> type:
+    """A toy learner class whose clients with an index in ``slow`` train for SLOW_S seconds."""
 
-    def train_round(self, global_state: dict, tau: float, model_version: str) -> dict:
-        if self.index == 4:
-            time.sleep(SLOW_S)
-        return super().train_round(global_state, tau, model_version)
+    class SlowLearner(ToyLearner):
+        def train_round(self, global_state: dict, tau: float, model_version: str) -> dict:
+            if self.index in slow:
+                time.sleep(SLOW_S)
+            return super().train_round(global_state, tau, model_version)
+
+    return SlowLearner
 
 
 class TimedToyServer(ToyServer):
@@ -40,7 +43,8 @@ class TimedToyServer(ToyServer):
         return replace(hooks, apply_sums=apply)
 
 
-def _round(tmp: Path, straggler_factor: float) -> tuple[int, float]:
+def _round(tmp: Path, straggler_factor: float, slow: set[int]) -> tuple[int, float]:
+    """One hardened secure round of 5 toy clients (threshold 4); (clients summed, seconds)."""
     certs, ids = make_certs(tmp / "certs", 5)
     rounds = RoundSettings(
         rounds=1,
@@ -55,7 +59,7 @@ def _round(tmp: Path, straggler_factor: float) -> tuple[int, float]:
     )
     toy = TimedToyServer()
     coordinator, server, port = start_toy_server(certs, rounds, toy)
-    clients = toy_clients(certs, ids, port, tmp / "state", learner=SlowLearner)
+    clients = toy_clients(certs, ids, port, tmp / "state", learner=slow_learner(slow))
     started = time.monotonic()
     # settle until the slow client has finished too, so no thread outlives its channel
     federate(coordinator, server, clients, settle_s=SLOW_S + 1.0)
@@ -63,12 +67,22 @@ def _round(tmp: Path, straggler_factor: float) -> tuple[int, float]:
 
 
 def test_a_silent_trainer_is_dropped_after_the_straggler_window(tmp_path: Path) -> None:
-    summed, seconds = _round(tmp_path / "a", straggler_factor=1.0)
+    summed, seconds = _round(tmp_path / "a", straggler_factor=1.0, slow={4})
     assert summed == 4  # c004 left out
     assert seconds < SLOW_S  # the round did not wait for it
 
 
 def test_control_without_the_straggler_rule_the_round_waits(tmp_path: Path) -> None:
-    summed, seconds = _round(tmp_path / "b", straggler_factor=0.0)
+    summed, seconds = _round(tmp_path / "b", straggler_factor=0.0, slow={4})
+    assert summed == 5
+    assert seconds >= SLOW_S
+
+
+def test_the_window_waits_until_the_round_could_finish_without_the_stragglers(
+    tmp_path: Path,
+) -> None:
+    """Two slow clients of five, threshold 4: three fast answers are a majority but not enough
+    to finish the round, so the window never opens and the round completes with all five."""
+    summed, seconds = _round(tmp_path / "c", straggler_factor=1.0, slow={3, 4})
     assert summed == 5
     assert seconds >= SLOW_S
