@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -172,6 +173,8 @@ class FakeSession:
     def __init__(self, u3: tuple[str, ...], ledger: PersistentAccountant) -> None:
         self.u3 = u3
         self.ledger = ledger
+        # the one part of ServerSession.config the coordinator reads (its straggler quorum)
+        self.config = SimpleNamespace(threshold=len(u3))
         self.survivors: tuple[str, ...] = ()
         self.stage = _Stage.COLLECT_MASKED
         self.entries_at_unmask: int | None = None
