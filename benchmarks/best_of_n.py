@@ -28,7 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -234,11 +234,16 @@ def common_backbone(selectors: Sequence[Selectors]) -> ModelConfig:
     return selectors[0].fedvpa.config.model
 
 
-def cached_embedder(model: ModelConfig, texts: Sequence[str], cache_dir: str) -> Embed:
-    """Embed ``texts`` once with the runs' backbone (through the shared cache); return lookup."""
+def cached_embedder(model: ModelConfig, cache_dir: str) -> Callable[[Sequence[str]], Embed]:
+    """Load the runs' backbone once; each call embeds what the shared cache lacks of ``texts``
+    and returns the cache's lookup."""
     backbone = Backbone(model.backbone, model.max_length)
-    cache, _ = fill_embedding_cache(backbone, texts, cache_dir, model.backbone)
-    return cache.get
+
+    def fill(texts: Sequence[str]) -> Embed:
+        cache, _ = fill_embedding_cache(backbone, texts, cache_dir, model.backbone)
+        return cache.get
+
+    return fill
 
 
 def pair_texts(candidates: Sequence[Candidate]) -> list[str]:
@@ -424,12 +429,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         load_selectors(f, m, args.cache_dir)
         for f, m in zip(args.fedvpa, args.monolithic, strict=True)
     ]
-    backbone = common_backbone(selectors)
-    gold = fit_gold(
-        pool.gold, pool.user_types, cached_embedder(backbone, pair_texts(pool.gold), args.cache_dir)
-    )
+    embed_with = cached_embedder(common_backbone(selectors), args.cache_dir)
+    gold = fit_gold(pool.gold, pool.user_types, embed_with(pair_texts(pool.gold)))
     candidates = candidates_for(prompts, args, out)
-    embed = cached_embedder(backbone, response_texts(prompts, candidates), args.cache_dir)
+    embed = embed_with(response_texts(prompts, candidates))
     grids = gold_grids(gold, embed, prompts, candidates)
     results = {
         "n": args.n,

@@ -9,7 +9,6 @@ GPU, ``--device cuda`` runs the same code on the real thing.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import Any
 from fedvpa_secure.alignment.generate import GEMMA_270M, GENERATORS, load_causal_lm
 from fedvpa_secure.atomic_json import write_json_atomic
 from fedvpa_secure.errors import ConfigError, DataError
+from fedvpa_secure.json_lines import read_objects
 from fedvpa_secure.model.backbone import pick_device
 
 log = logging.getLogger(__name__)
@@ -58,18 +58,8 @@ def load_pairs(path: str | Path) -> Any:
         DataError: missing file, unreadable line, or a row without a DPO column.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path} does not exist; write it with `fedvpa-secure label`")
     rows = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}:{number}: not JSON ({err.msg})") from err
-        if not isinstance(row, dict):
-            raise DataError(f"{path}:{number}: expected a JSON object with {DPO_COLUMNS}")
+    for number, row in read_objects(path, "; write it with `fedvpa-secure label`"):
         missing = [c for c in DPO_COLUMNS if not isinstance(row.get(c), str)]
         if missing:
             raise DataError(f"{path}:{number}: no text for {missing}; label writes {DPO_COLUMNS}")

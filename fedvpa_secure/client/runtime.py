@@ -50,7 +50,6 @@ from fedvpa_secure.transport import serde, tls
 from fedvpa_secure.transport.chunking import iter_chunks, reassemble
 from fedvpa_secure.transport.pki import load_identity, load_registry
 from fedvpa_secure.transport.secure_update import config_from_json, layout_for, split_update
-from fedvpa_secure.transport.tls import tls_failure
 from privacy import BudgetExceeded, DistributedNoiseEvent, PrivacyError
 
 log = logging.getLogger("fedvpa_secure.client")
@@ -148,9 +147,7 @@ class FederatedClient:
         self.identity = load_identity(settings.identity)
         self.registry = load_registry(settings.registry)
         check_client_id(client_id, self.registry, settings.cert)
-        self.connect_timeout_s = (
-            settings.reconnect_s if connect_timeout_s is None else (connect_timeout_s)
-        )
+        self.connect_timeout_s = connect_timeout_s or settings.reconnect_s
         self.contributions = Contributions(settings.state_dir / "contributions.json")
         self.channel = grpc.secure_channel(
             server,
@@ -186,7 +183,7 @@ class FederatedClient:
                     grpc.StatusCode.DEADLINE_EXCEEDED,
                 ):
                     raise
-                tls_problem = tls_failure(err.details() or "")
+                tls_problem = tls.tls_failure(err.details() or "")
                 if tls_problem and first:
                     raise ProtocolError(f"server {self.server}: {tls_problem}") from err
                 waited = time.monotonic() - start

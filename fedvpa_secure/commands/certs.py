@@ -41,14 +41,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(private keys mode 0600). Refuses a folder that already holds a CA.",
     )
     init.add_argument("--out", required=True, help="the operator's folder")
-    init.add_argument(
-        "--server-address",
-        action="append",
-        default=None,
-        metavar="HOST",
-        help="an address clients dial (IP or host name, no port; repeat for each); clients "
-        "refuse a server whose certificate does not name the address they dial (default: "
-        "localhost, 127.0.0.1 and ::1, one machine only)",
+    _server_address_flag(
+        init,
+        required=False,
+        extra="; clients refuse a server whose certificate does not name the address they dial "
+        "(default: localhost, 127.0.0.1 and ::1, one machine only)",
     )
     init.set_defaults(func=run_init)
 
@@ -59,13 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "the CA and every signed client stay valid. Restart the server to use it.",
     )
     server_cert.add_argument("--ca-dir", required=True, help="the operator's folder")
-    server_cert.add_argument(
-        "--server-address",
-        action="append",
-        required=True,
-        metavar="HOST",
-        help="an address clients dial (IP or host name, no port); repeat for each",
-    )
+    _server_address_flag(server_cert, required=True)
     server_cert.set_defaults(func=run_server_cert)
 
     request = actions.add_parser(
@@ -102,6 +93,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--clients", type=int, required=True, help="number of clients")
     demo.add_argument("--prefix", default="c", help="client id prefix (default: c)")
     demo.set_defaults(func=run_demo)
+
+
+def _server_address_flag(parser: argparse.ArgumentParser, required: bool, extra: str = "") -> None:
+    parser.add_argument(
+        "--server-address",
+        action="append",
+        required=required,
+        metavar="HOST",
+        help="an address clients dial (IP or host name, no port); repeat for each" + extra,
+    )
 
 
 def client_ids(n: int, prefix: str = "c") -> list[str]:

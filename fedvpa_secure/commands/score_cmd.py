@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from fedvpa_secure.errors import DataError
+from fedvpa_secure.json_lines import read_objects
 
 HELP = {
     "score": "rewards for responses, personalised to a user or a type",
@@ -121,22 +122,6 @@ def dpo_prompt(prompt: str) -> str:
     return f"{prompt}\n\nAssistant: " if prompt else ""
 
 
-def _lines(path: Path) -> Iterator[tuple[int, dict]]:
-    if not path.is_file():
-        raise DataError(f"{path} does not exist")
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{number}: not JSON ({err.msg})") from err
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{number}: expected a JSON object")
-            yield number, row
-
-
 def _split_dialogues(row: dict, where: str) -> tuple[str, str, str]:
     from fedvpa_secure.data.dialogue import DialogueFormatError, split_dialogue_pair
 
@@ -150,7 +135,7 @@ def read_context(path: Path):
     """The user's labelled pairs: ``{prompt, chosen, rejected}`` or HH-RLHF dialogues."""
     from fedvpa_secure.reward_model import ContextPair
 
-    for number, row in _lines(path):
+    for number, row in read_objects(path):
         where = f"{path}:{number}"
         if not (isinstance(row.get("chosen"), str) and isinstance(row.get("rejected"), str)):
             raise DataError(f'{where}: a context line needs "chosen" and "rejected" strings')
@@ -167,7 +152,7 @@ Candidates = tuple[int, str, list[str]]
 def read_candidates(path: Path) -> Iterator[Candidates]:
     """Per line: ``{prompt, responses}``, ``{prompt, chosen, rejected}`` (both responses, in
     that order) or HH-RLHF dialogues (both)."""
-    for number, row in _lines(path):
+    for number, row in read_objects(path):
         where = f"{path}:{number}"
         responses = row.get("responses")
         pair = isinstance(row.get("chosen"), str) and isinstance(row.get("rejected"), str)

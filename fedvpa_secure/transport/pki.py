@@ -278,17 +278,7 @@ def init_operator(
             "it signed. Choose an empty folder, or delete this one on purpose first"
         )
     ca_cert, ca_key = make_ca(Path(folder))
-    server_key = ec.generate_private_key(ec.SECP256R1())
-    server_cert = _issue(
-        SERVER_NAME,
-        server_key.public_key(),
-        _ca_name(ca_cert),
-        ca_key,
-        sans=sans,
-        usage=[ExtendedKeyUsageOID.SERVER_AUTH],
-    )
-    _write(files.server_cert, _pem(server_cert))
-    _write(files.server_key, _key_pem(server_key), private=True)
+    _write_server_credentials(files, ca_cert, ca_key, sans)
     _write_registry(files.registry, {})
     return files
 
@@ -303,7 +293,17 @@ def reissue_server_certificate(folder: str | Path, server_addresses: Sequence[st
     """
     files = operator_files(folder)
     ca_cert, ca_key = _load_ca(files)
-    sans = server_names(server_addresses)
+    _write_server_credentials(files, ca_cert, ca_key, server_names(server_addresses))
+    return files.server_cert
+
+
+def _write_server_credentials(
+    files: OperatorFiles,
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    sans: Sequence[x509.GeneralName],
+) -> None:
+    """A fresh server key and its certificate (server purpose, naming ``sans``) under the CA."""
     server_key = ec.generate_private_key(ec.SECP256R1())
     server_cert = _issue(
         SERVER_NAME,
@@ -315,7 +315,6 @@ def reissue_server_certificate(folder: str | Path, server_addresses: Sequence[st
     )
     _write(files.server_key, _key_pem(server_key), private=True)
     _write(files.server_cert, _pem(server_cert))
-    return files.server_cert
 
 
 def _load_ca(files: OperatorFiles) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
